@@ -1,0 +1,138 @@
+"""Typed experiment configs, overridable from a file and from the command line.
+
+Every experiment declares a ``@dataclass`` config — its defaults live there and nowhere else.
+:func:`override` applies ``key=value`` strings (``--set``) and :func:`load_file` a JSON or TOML
+file (``--config``); values are parsed to the field's declared type and unknown keys or bad values
+raise :class:`ConfigError` naming the key and what is allowed.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> from dgmkd.config import override
+    >>> @dataclass
+    ... class C:
+    ...     steps: int = 10
+    ...     lr: float = 1e-3
+    ...     widths: tuple[int, ...] = (8, 16)
+    >>> override(C(), ["steps=20", "widths=4,8"])
+    C(steps=20, lr=0.001, widths=(4, 8))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ConfigError", "override", "load_file", "parse_value", "to_dict"]
+
+
+class ConfigError(ValueError):
+    """A malformed config key or value."""
+
+
+def _fields(cfg) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cfg)}
+
+
+def _hints(cfg) -> dict[str, Any]:
+    return typing.get_type_hints(type(cfg))
+
+
+def parse_value(key: str, tp: Any, raw: Any) -> Any:
+    """Parse ``raw`` (a string from the command line, or a JSON/TOML value) as type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        last = None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return parse_value(key, a, raw)
+            except ConfigError as e:
+                last = e
+        raise last or ConfigError(f"{key}: cannot parse {raw!r}")
+    if origin is Literal:
+        for a in args:
+            if raw == a or str(raw) == str(a):
+                return a
+        raise ConfigError(f"{key}: {raw!r} is not allowed; choose one of {', '.join(map(str, args))}")
+    if origin in (tuple, list):
+        items = raw
+        if isinstance(raw, str):
+            items = [s for s in raw.replace(" ", "").split(",") if s != ""]
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{key}: expected a comma-separated list, got {raw!r}")
+        elem = args[0] if args else str
+        vals = [parse_value(key, elem, x) for x in items]
+        return tuple(vals) if origin is tuple else vals
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        s = str(raw).lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a boolean (true/false), got {raw!r}")
+    if tp in (int, float, str):
+        try:
+            if tp is int and isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return tp(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {raw!r}") from None
+    return raw
+
+
+def override(cfg, sets: list[str] | dict[str, Any]):
+    """A copy of ``cfg`` with ``key=value`` overrides (strings) or a mapping applied."""
+    items = sets.items() if isinstance(sets, dict) else [_split(s) for s in sets]
+    fields, hints = _fields(cfg), _hints(cfg)
+    changes = {}
+    for key, raw in items:
+        if key not in fields:
+            raise ConfigError(f"unknown config key {key!r} for {type(cfg).__name__}; known keys: "
+                              f"{', '.join(fields)}")
+        changes[key] = parse_value(key, hints[key], raw)
+    new = dataclasses.replace(cfg, **changes)
+    validate = getattr(new, "validate", None)
+    if callable(validate):
+        validate()
+    return new
+
+
+def _split(s: str) -> tuple[str, str]:
+    if "=" not in s:
+        raise ConfigError(f"malformed override {s!r}: expected key=value")
+    k, v = s.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def load_file(cfg, path: str | Path):
+    """Apply the keys of a JSON (``.json``) or TOML (``.toml``) file to ``cfg``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:
+        raise ConfigError(f"config file {str(path)!r} is malformed: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a table/object of key = value")
+    return override(cfg, data)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

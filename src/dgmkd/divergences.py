@@ -1,0 +1,170 @@
+"""Divergences ``d(p_T, p_S)`` between a teacher's and a student's site (Chen et al. 2023, Eq. 4–6).
+
+Every divergence returns a tensor over the site's batch (and, for non-``Independent``
+distributions, element) dimensions; :func:`reduce` turns it into a scalar by **summing every
+dimension but the first and averaging over the first** (dimension 0 is the batch). Summing the
+non-batch dimensions makes the result the same whether or not a model wraps its distribution in
+``Independent``.
+
+Names:
+
+``"kl"``
+    ``KL(p_T || p_S)``: analytic where torch registers it, otherwise a one-sample Monte Carlo
+    estimate ``log p_T(v) - log p_S(v)`` at the teacher's value ``v`` (a sample of ``p_T``).
+``"reverse_kl"``
+    ``KL(p_S || p_T)``: analytic, otherwise Monte Carlo with a reparameterized student sample.
+``"w2"``
+    squared 2-Wasserstein distance for ``Normal``, ``Independent(Normal)``, ``MultivariateNormal``
+    and point masses (deterministic sites, where it is the squared Euclidean distance).
+``"l2"``, ``"l1"``
+    squared Euclidean / absolute distance between values (deterministic sites) or between means.
+
+A callable ``d(teacher, student)`` (distributions or tensors) returning such a tensor is used as is.
+
+Example:
+    >>> import torch
+    >>> from torch.distributions import Normal
+    >>> from dgmkd import divergences
+    >>> p, q = Normal(torch.zeros(4, 3), 1.0), Normal(torch.ones(4, 3), 1.0)
+    >>> float(divergences.reduce(divergences.get("kl")(p, q)))   # 3 dims x 0.5 nats
+    1.5
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+
+__all__ = ["get", "reduce", "kl", "reverse_kl", "w2", "l2", "l1", "NAMES"]
+
+
+def reduce(d: torch.Tensor) -> torch.Tensor:
+    """Sum every dimension but the first, mean over the first (the batch)."""
+    if d.dim() == 0:
+        return d
+    if d.dim() > 1:
+        d = d.flatten(1).sum(1)
+    return d.mean()
+
+
+def _is_point(x) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _point_error(name):
+    return TypeError(
+        f"divergence {name!r} is not defined for deterministic sites (point masses): KL between point "
+        "masses is infinite or zero. Use a distance ('l2', 'l1', 'w2') for them."
+    )
+
+
+def kl(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
+    """``KL(p || q)``; Monte Carlo at ``value`` (a sample of ``p``) where no closed form exists."""
+    if _is_point(p) or _is_point(q):
+        raise _point_error("kl")
+    try:
+        return kl_divergence(p, q)
+    except NotImplementedError:
+        if value is None:
+            value = p.sample()
+        value = value.detach()
+        return p.log_prob(value) - q.log_prob(value)
+
+
+def reverse_kl(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
+    """``KL(q || p)`` with ``p`` the teacher: mode-seeking; Monte Carlo through ``q.rsample()``."""
+    if _is_point(p) or _is_point(q):
+        raise _point_error("reverse_kl")
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        if not q.has_rsample:
+            raise TypeError(
+                f"reverse_kl between {type(q).__name__} and {type(p).__name__} has no closed form and "
+                f"{type(q).__name__} cannot be reparameterized for a Monte Carlo estimate"
+            ) from None
+        v = q.rsample()
+        return q.log_prob(v) - p.log_prob(v)
+
+
+def _w2_normal(p: Normal, q: Normal) -> torch.Tensor:
+    return (p.loc - q.loc) ** 2 + (p.scale - q.scale) ** 2
+
+
+def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
+    evals, evecs = torch.linalg.eigh(a)
+    return (evecs * evals.clamp(min=0).sqrt().unsqueeze(-2)) @ evecs.transpose(-1, -2)
+
+
+def w2(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared 2-Wasserstein distance (closed forms for Gaussians and point masses)."""
+    if _is_point(p) and _is_point(q):
+        return (p - q) ** 2
+    if isinstance(p, Normal) and isinstance(q, Normal):
+        return _w2_normal(p, q)
+    if isinstance(p, Independent) and isinstance(q, Independent) and isinstance(p.base_dist, Normal) \
+            and isinstance(q.base_dist, Normal):
+        d = _w2_normal(p.base_dist, q.base_dist)
+        n = p.reinterpreted_batch_ndims
+        return d.flatten(-n).sum(-1) if n else d
+    if isinstance(p, MultivariateNormal) and isinstance(q, MultivariateNormal):
+        s1, s2 = p.covariance_matrix, q.covariance_matrix
+        r2 = _sqrtm_psd(s2)
+        cross = _sqrtm_psd(r2 @ s1 @ r2)
+        tr = (s1 + s2 - 2 * cross).diagonal(dim1=-2, dim2=-1).sum(-1)
+        return ((p.loc - q.loc) ** 2).sum(-1) + tr
+    raise TypeError(
+        f"'w2' has a closed form here for Normal, Independent(Normal), MultivariateNormal and "
+        f"deterministic sites; got {_tname(p)} and {_tname(q)}. Pass a callable for other families."
+    )
+
+
+def _tname(x):
+    return "a deterministic value" if _is_point(x) else type(x).__name__
+
+
+def _as_point(x):
+    return x if _is_point(x) else x.mean
+
+
+def l2(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distance between values (or means)."""
+    return (_as_point(p) - _as_point(q)) ** 2
+
+
+def l1(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
+    """Absolute distance between values (or means)."""
+    return (_as_point(p) - _as_point(q)).abs()
+
+
+NAMES: dict[str, Callable] = {"kl": kl, "reverse_kl": reverse_kl, "w2": w2, "l2": l2, "l1": l1}
+DISTANCES = frozenset({"w2", "l2", "l1"})
+
+
+def get(divergence: str | Callable) -> Callable:
+    """Resolve a divergence name or callable to a function ``d(teacher, student, value=None)``."""
+    if callable(divergence):
+        return divergence
+    try:
+        return NAMES[divergence]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown divergence {divergence!r}; choose one of {', '.join(NAMES)} or pass a callable "
+            "d(teacher, student)"
+        ) from None
+
+
+def applies_to_points(divergence: str | Callable) -> bool:
+    """Whether ``divergence`` is defined between point masses (deterministic sites)."""
+    return callable(divergence) or divergence in DISTANCES
+
+
+def site(divergence: str | Callable, teacher, student, value=None) -> torch.Tensor:
+    """The divergence at one site, reduced to a scalar (see :func:`reduce`)."""
+    if isinstance(divergence, str):
+        return reduce(get(divergence)(teacher, student, value))
+    if not callable(divergence):
+        get(divergence)  # raises the error naming the bad value
+    return reduce(torch.as_tensor(divergence(teacher, student)))

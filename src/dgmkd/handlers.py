@@ -1,0 +1,158 @@
+"""Effect handlers that give sites their distillation semantics (one small class each).
+
+* :class:`trace` records every site's message, in execution order;
+* :class:`draw_noise` writes each latent in semi-auxiliary form: it draws the auxiliary noise
+  ``eps`` from the site's base law and sets ``z = g(params, eps)`` (Chen et al. 2023, §3.1);
+* :class:`replay` runs a second model against a recorded trace: latents reuse the recorded noise
+  (*shared noise*), targets — and in ``"teacher_forced"`` mode every site — take the recorded
+  value (*teacher forcing*).
+
+:func:`dgmkd.couple` composes them; most users never touch this module.
+
+Example:
+    >>> import torch, dgmkd
+    >>> from torch.distributions import Normal
+    >>> def model():
+    ...     z = dgmkd.latent("z", Normal(torch.zeros(2), 1.0))
+    ...     return dgmkd.target("y", Normal(z, 0.1))
+    >>> with dgmkd.handlers.trace() as tr, dgmkd.handlers.draw_noise():
+    ...     _ = model()
+    >>> list(tr.sites)
+    ['z', 'y']
+    >>> bool(torch.equal(tr.sites["z"]["value"], tr.sites["z"]["noise"]))  # z = 0 + 1 * eps
+    True
+"""
+
+from __future__ import annotations
+
+from . import reparam
+from .sites import Messenger
+
+__all__ = ["trace", "draw_noise", "replay", "SiteMismatchError"]
+
+
+class SiteMismatchError(ValueError):
+    """The teacher's and the student's sites do not correspond."""
+
+
+class trace(Messenger):
+    """Record each site's message in ``self.sites`` (an insertion-ordered dict name -> msg)."""
+
+    def __init__(self):
+        self.sites: dict[str, dict] = {}
+
+    def __enter__(self):
+        self.sites = {}
+        return super().__enter__()
+
+    def postprocess_message(self, msg):
+        name = msg["name"]
+        if name in self.sites:
+            raise ValueError(
+                f"site name {name!r} is used twice in one run of the model; every site needs a "
+                f"unique name (in a loop, add the index: f'{name}_{{t}}')"
+            )
+        self.sites[name] = msg
+
+
+class draw_noise(Messenger):
+    """Compute every latent as ``g(params, eps)`` from a fresh auxiliary noise ``eps``."""
+
+    def process_message(self, msg):
+        if msg["kind"] == "latent" and msg["value"] is None:
+            r = reparam.lookup(msg["fn"])
+            eps = r.noise_fn(msg["fn"])
+            msg["noise"] = eps
+            msg["value"] = r.transform_fn(msg["fn"], eps)
+
+
+_MODES = ("shared_noise", "teacher_forced")
+
+
+class replay(Messenger):
+    """Run a model against a recorded trace ``sites`` (name -> message).
+
+    ``mode="shared_noise"`` (the unified method): latents are computed by the model's own
+    ``g(params, eps)`` from the recorded noise, along the model's own path; targets take the
+    recorded values (so ``p(y | eps, x)`` factorizes over targets given the recorded earlier
+    targets). Deterministic sites keep the model's own values.
+
+    ``mode="teacher_forced"`` (local distillation): every site takes the recorded value, so each
+    conditional is evaluated at the recorded parents.
+
+    The correspondence is checked as it goes: a site missing from the record, a different kind,
+    a different noise shape or law, or a shape mismatch of a substituted value raise
+    :class:`SiteMismatchError` naming the site.
+    """
+
+    def __init__(self, sites: dict[str, dict], mode: str = "shared_noise"):
+        if mode not in _MODES:
+            raise ValueError(f"unknown coupling mode {mode!r}; choose one of {', '.join(_MODES)}")
+        self.sites = sites
+        self.mode = mode
+        self.seen: set[str] = set()
+
+    def __enter__(self):
+        self.seen = set()
+        return super().__enter__()
+
+    def process_message(self, msg):
+        name = msg["name"]
+        rec = self.sites.get(name)
+        if rec is None:
+            raise SiteMismatchError(
+                f"site {name!r} ({msg['kind']}) exists in the student but not in the teacher; "
+                f"teacher sites: {list(self.sites)}"
+            )
+        if rec["kind"] != msg["kind"]:
+            raise SiteMismatchError(
+                f"site {name!r} is a {rec['kind']} in the teacher but a {msg['kind']} in the student"
+            )
+        self.seen.add(name)
+        kind = msg["kind"]
+        if kind == "latent" and self.mode == "shared_noise":
+            eps = rec["noise"]
+            fn = msg["fn"]
+            r = reparam.lookup(fn)
+            if eps is None:
+                raise SiteMismatchError(f"latent site {name!r} has no recorded noise in the teacher's trace")
+            law_t, law_s = reparam.noise_law(rec["fn"]), reparam.noise_law(fn)
+            if law_t != law_s:
+                raise SiteMismatchError(
+                    f"latent site {name!r}: the teacher's {type(rec['fn']).__name__} uses {law_t} noise "
+                    f"but the student's {type(fn).__name__} uses {law_s} noise; shared noise needs the same law"
+                )
+            try:
+                value = r.transform_fn(fn, eps)
+            except RuntimeError as e:
+                raise SiteMismatchError(
+                    f"latent site {name!r}: the teacher's noise of shape {tuple(eps.shape)} does not fit the "
+                    f"student's {type(fn).__name__} (batch {tuple(fn.batch_shape)}, event "
+                    f"{tuple(fn.event_shape)}): {e}"
+                ) from e
+            if value.shape != rec["value"].shape:
+                raise SiteMismatchError(
+                    f"latent site {name!r}: shape {tuple(value.shape)} in the student but "
+                    f"{tuple(rec['value'].shape)} in the teacher; shared noise needs the same batch "
+                    "and event shapes at every site"
+                )
+            msg["noise"] = eps
+            msg["value"] = value
+        elif kind == "target" or (self.mode == "teacher_forced" and kind in ("latent", "deterministic")):
+            v = rec["value"]
+            own = msg["fn"] if kind == "deterministic" else None
+            if own is not None and own.shape != v.shape:
+                raise SiteMismatchError(
+                    f"deterministic site {name!r}: shape {tuple(own.shape)} in the student but "
+                    f"{tuple(v.shape)} in the teacher; teacher forcing substitutes the teacher's value"
+                )
+            msg["noise"] = rec["noise"]
+            msg["value"] = v
+
+    def check_complete(self):
+        missing = [n for n in self.sites if n not in self.seen]
+        if missing:
+            raise SiteMismatchError(
+                f"site(s) {missing} exist in the teacher but not in the student; both models must "
+                "name the same sites"
+            )

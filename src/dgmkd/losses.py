@@ -1,0 +1,134 @@
+"""Distillation losses: small functions of a :class:`~dgmkd.coupling.Coupling`.
+
+All return a scalar: the divergence summed over each site's non-batch dimensions and over sites,
+averaged over the batch (see :func:`dgmkd.divergences.reduce`).
+
+* :func:`surrogate` — Eq. (4), Chen et al. 2023: ``E_{eps,x} d(p_T(y|eps,x), p_S(y|eps,x))``.
+  With KL and targets teacher-forced, ``KL(p_T(y|eps) || p_S(y|eps))`` factorizes into the sum
+  over targets of the KL of each conditional at the teacher's earlier targets, which is what is
+  summed here (a one-sample Monte Carlo estimate over the earlier targets, as Eq. 3).
+  Prop. 3.1: with KL it upper-bounds the marginal KD loss (Eq. 2).
+* :func:`latent` — Eq. (6): ``sum_i E d(p_T(z_i|eps_<i,x), p_S(z_i|eps_<i,x))``, each model's
+  conditional of ``z_i`` given its own ancestors computed from the shared noise. Deterministic
+  sites are point-mass latents (§3.5): they enter when the divergence is a distance.
+* :func:`unified` — Eq. (7): ``surrogate + latent_weight * latent``.
+* :func:`local` — local distillation: every conditional (latents, targets, and deterministic
+  sites under a distance) at the teacher's sampled parents.
+
+Example:
+    >>> import torch, dgmkd
+    >>> from torch.distributions import Bernoulli, Normal
+    >>> def model(w):
+    ...     def run(n):
+    ...         z = dgmkd.latent("z", Bernoulli(torch.full((n, 1), w)))
+    ...         return dgmkd.target("y", Normal(z, 1.0))
+    ...     return run
+    >>> c = dgmkd.couple(model(0.3), model(0.3), 16)
+    >>> float(dgmkd.losses.unified(c)), float(dgmkd.losses.local(dgmkd.couple(model(0.3), model(0.3), 16, mode="teacher_forced")))
+    (0.0, 0.0)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+from . import divergences as D
+from .coupling import Coupling, SitePair
+
+__all__ = ["surrogate", "latent", "unified", "local"]
+
+Divergence = str | Callable
+
+
+def _sum(pairs: Iterable[SitePair], divergence: Divergence) -> torch.Tensor:
+    total = None
+    for p in pairs:
+        d = D.site(divergence, p.teacher, p.student, p.value)
+        total = d if total is None else total + d
+    return total if total is not None else torch.zeros(())
+
+
+def _select(group: dict[str, SitePair], sites: Iterable[str] | None) -> list[SitePair]:
+    if sites is None:
+        return list(group.values())
+    sites = list(sites)
+    unknown = [s for s in sites if s not in group]
+    if unknown:
+        raise KeyError(f"site(s) {unknown} not found; available: {list(group)}")
+    return [group[s] for s in sites]
+
+
+def _det_divergence(divergence: Divergence, deterministic: Divergence | None | bool):
+    if deterministic is False:
+        return None
+    if deterministic is not None and deterministic is not True:
+        return deterministic
+    if D.applies_to_points(divergence):
+        return divergence
+    if deterministic is True:
+        raise ValueError(
+            f"divergence {divergence!r} is not defined for deterministic sites; pass "
+            "deterministic='l2' (or another distance)"
+        )
+    return None
+
+
+def surrogate(c: Coupling, divergence: Divergence = "kl", sites: Iterable[str] | None = None) -> torch.Tensor:
+    """Surrogate distillation loss over the target sites (Eq. 4)."""
+    _need_mode(c, "shared_noise", "surrogate")
+    return _sum(_select(c.targets, sites), divergence)
+
+
+def latent(c: Coupling, divergence: Divergence = "kl", sites: Iterable[str] | None = None,
+           deterministic: Divergence | bool | None = None) -> torch.Tensor:
+    """Latent distillation loss (Eq. 6), summed over latent sites.
+
+    Deterministic sites (point-mass latents) are included with ``deterministic`` if that is a
+    divergence, with ``divergence`` itself if it is a distance (``"l2"``, ``"l1"``, ``"w2"``) or a
+    callable, and left out for KL-type divergences (KL between point masses is not finite);
+    ``deterministic=False`` always leaves them out. ``sites`` restricts the sum to named sites.
+    """
+    _need_mode(c, "shared_noise", "latent")
+    lat = c.latents if sites is None else {k: v for k, v in c.latents.items() if k in set(sites)}
+    total = _sum(lat.values(), divergence)
+    ddiv = _det_divergence(divergence, deterministic)
+    if ddiv is not None and c.deterministics:
+        dets = c.deterministics if sites is None else {k: v for k, v in c.deterministics.items() if k in set(sites)}
+        total = total + _sum(dets.values(), ddiv)
+    if sites is not None:
+        unknown = set(sites) - set(c.latents) - set(c.deterministics)
+        if unknown:
+            raise KeyError(f"site(s) {sorted(unknown)} are not latent or deterministic sites; "
+                           f"latents: {list(c.latents)}, deterministic: {list(c.deterministics)}")
+    return total
+
+
+def unified(c: Coupling, latent_weight: float = 0.1, divergence: Divergence = "kl",
+            latent_divergence: Divergence | None = None,
+            deterministic: Divergence | bool | None = None) -> torch.Tensor:
+    """The unified, target-free loss of Eq. (7): ``L_sd + latent_weight * sum_i L_z,i``."""
+    loss = surrogate(c, divergence)
+    if latent_weight:
+        loss = loss + latent_weight * latent(c, latent_divergence or divergence, deterministic=deterministic)
+    return loss
+
+
+def local(c: Coupling, divergence: Divergence = "kl", deterministic: Divergence | bool | None = None) -> torch.Tensor:
+    """Local distillation: every site's conditional at the teacher's sampled parents."""
+    _need_mode(c, "teacher_forced", "local")
+    total = _sum(list(c.latents.values()) + list(c.targets.values()), divergence)
+    ddiv = _det_divergence(divergence, deterministic)
+    if ddiv is not None and c.deterministics:
+        total = total + _sum(c.deterministics.values(), ddiv)
+    return total
+
+
+def _need_mode(c: Coupling, mode: str, loss: str):
+    if c.mode != mode:
+        raise ValueError(
+            f"losses.{loss}() needs a coupling made with mode={mode!r}, got mode={c.mode!r}"
+            + (" (local distillation evaluates conditionals at the teacher's parents)" if loss == "local"
+               else " (the unified losses share the noise, not the latent values)")
+        )

@@ -1,0 +1,302 @@
+"""Reparameterizers: a latent ``z ~ p(z | Pa(z))`` as ``z = g(params, eps)`` with ``eps`` from a
+fixed, parameter-free law (the *semi-auxiliary form*, Chen et al. 2023, §3.1).
+
+Each registered distribution type has
+
+* ``noise_fn(dist) -> eps``: a fresh draw of the auxiliary noise. Its shape and dtype depend only
+  on the distribution's type and its ``batch_shape`` / ``event_shape``, never on its parameters,
+  so a teacher and a student with the same site shapes can share it;
+* ``transform_fn(dist, eps) -> z``: the deterministic map ``g``. For continuous families it is
+  differentiable in the parameters (the usual reparameterization trick); for discrete families it
+  is the inverse CDF, piecewise constant in the parameters (which is why the latent loss, Eq. 6,
+  exists);
+* ``law``: a name for the law of ``eps`` (``"standard_normal"``, ``"standard_uniform"``, ...).
+  Teacher and student must use the same law at a site.
+
+Built in: ``Normal`` (shared standard normal), ``MultivariateNormal``, ``LowRankMultivariateNormal``,
+``Independent`` and ``TransformedDistribution`` (through their base distribution; this covers
+``LogNormal``, ``Gumbel``, ``RelaxedBernoulli`` ...), ``Bernoulli`` (categories {0, 1} in that
+order: ``z = 1[u >= 1 - p]``), ``Categorical`` and ``OneHotCategorical`` (categories in index
+order), ``Binomial``, ``Poisson``, ``Geometric`` — all by the inverse CDF of one shared standard
+uniform per variable — and, as a fallback, any distribution that implements ``icdf``.
+
+Example — registering a user type:
+    >>> import torch
+    >>> from torch.distributions import Normal
+    >>> from dgmkd import reparam
+    >>> class Shifted(Normal):
+    ...     pass
+    >>> reparam.register(Shifted, lambda d: torch.randn(d.batch_shape),
+    ...                  lambda d, eps: d.loc + d.scale * eps, law="standard_normal")
+    >>> d = Shifted(torch.zeros(4), 1.0)
+    >>> reparam.transform(d, torch.zeros(4)).tolist()
+    [0.0, 0.0, 0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.distributions import (
+    Bernoulli,
+    Binomial,
+    Categorical,
+    Distribution,
+    Geometric,
+    Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    Normal,
+    OneHotCategorical,
+    Poisson,
+    TransformedDistribution,
+)
+
+__all__ = ["register", "lookup", "noise", "transform", "noise_law", "Reparameterizer", "UnsupportedDistributionError"]
+
+
+class UnsupportedDistributionError(TypeError):
+    """Raised for a latent whose distribution type has no reparameterizer."""
+
+
+@dataclass(frozen=True)
+class Reparameterizer:
+    noise_fn: Callable[[Distribution], torch.Tensor]
+    transform_fn: Callable[[Distribution, torch.Tensor], torch.Tensor]
+    law: str
+
+
+_REGISTRY: dict[type, Reparameterizer] = {}
+_RESOLVED: dict[type, Reparameterizer | None] = {}
+
+
+def register(dist_type: type, noise_fn: Callable, transform_fn: Callable, law: str | None = None) -> None:
+    """Register the semi-auxiliary form of ``dist_type`` (and of its subclasses that have no
+    registration of their own).
+
+    ``noise_fn(dist)`` must return a tensor whose shape depends only on the distribution's type and
+    shapes; ``transform_fn(dist, eps)`` must map it to a sample of ``dist``. ``law`` names the law
+    of the noise (defaults to ``dist_type.__name__``); teacher and student must agree on it.
+    """
+    if not isinstance(dist_type, type):
+        raise TypeError(f"register() needs a distribution class, got {dist_type!r}")
+    if not callable(noise_fn) or not callable(transform_fn):
+        raise TypeError("register() needs callables noise_fn(dist) and transform_fn(dist, eps)")
+    _REGISTRY[dist_type] = Reparameterizer(noise_fn, transform_fn, law or dist_type.__name__)
+    _RESOLVED.clear()
+
+
+def _has_icdf(dist_type: type) -> bool:
+    return getattr(dist_type, "icdf", Distribution.icdf) is not Distribution.icdf
+
+
+def lookup(dist: Distribution) -> Reparameterizer:
+    """The reparameterizer for ``dist`` (by class, then its bases, then the ``icdf`` fallback)."""
+    t = type(dist)
+    try:
+        r = _RESOLVED[t]
+    except KeyError:
+        r = None
+        for base in t.__mro__:
+            if base in _REGISTRY:
+                r = _REGISTRY[base]
+                break
+        if r is None and _has_icdf(t):
+            r = _ICDF
+        _RESOLVED[t] = r
+    if r is None:
+        raise UnsupportedDistributionError(
+            f"no reparameterizer for distribution type {t.__name__}: dgmkd cannot write this latent "
+            "as z = g(params, eps). Register one with dgmkd.reparam.register("
+            f"{t.__name__}, noise_fn, transform_fn), where noise_fn(dist) draws a parameter-free "
+            "noise eps and transform_fn(dist, eps) maps it to a sample, or implement icdf()."
+        )
+    return r
+
+
+def noise(dist: Distribution) -> torch.Tensor:
+    """A fresh draw of the auxiliary noise for ``dist``."""
+    return lookup(dist).noise_fn(dist)
+
+
+def transform(dist: Distribution, eps: torch.Tensor) -> torch.Tensor:
+    """``g(params, eps)``: the sample of ``dist`` determined by the noise ``eps``."""
+    return lookup(dist).transform_fn(dist, eps)
+
+
+def noise_law(dist: Distribution) -> str:
+    """The name of the law of ``dist``'s auxiliary noise (wrappers resolve to their base)."""
+    r = lookup(dist)
+    while r.law == "<base>":
+        dist = dist.base_dist
+        r = lookup(dist)
+    return r.law
+
+
+# ----------------------------------------------------------------------------- helpers
+def _shape(dist: Distribution) -> torch.Size:
+    return dist.batch_shape + dist.event_shape
+
+
+def _device_dtype(dist: Distribution):
+    for attr in ("loc", "probs", "logits", "rate", "total_count", "low", "scale"):
+        v = dist.__dict__.get(attr)
+        if isinstance(v, torch.Tensor):
+            dtype = v.dtype if v.is_floating_point() else torch.get_default_dtype()
+            return v.device, dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def _normal_noise_full(dist: Distribution) -> torch.Tensor:
+    device, dtype = _device_dtype(dist)
+    return torch.randn(_shape(dist), device=device, dtype=dtype)
+
+
+def _uniform_noise_batch(dist: Distribution) -> torch.Tensor:
+    """One standard uniform per variable (per batch element; a categorical is one variable)."""
+    device, dtype = _device_dtype(dist)
+    return torch.rand(dist.batch_shape, device=device, dtype=dtype)
+
+
+def _uniform_noise_full(dist: Distribution) -> torch.Tensor:
+    device, dtype = _device_dtype(dist)
+    return torch.rand(_shape(dist), device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- continuous
+def _normal(d: Normal, eps):
+    return d.loc + d.scale * eps
+
+
+def _mvn_noise(d: Distribution):
+    device, dtype = _device_dtype(d)
+    return torch.randn(_shape(d), device=device, dtype=dtype)
+
+
+def _mvn(d: MultivariateNormal, eps):
+    return d.loc + (d._unbroadcasted_scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+
+
+def _lowrank_noise(d: LowRankMultivariateNormal):
+    device, dtype = _device_dtype(d)
+    rank = d.cov_factor.shape[-1]
+    return torch.randn(d.batch_shape + torch.Size([d.event_shape[0] + rank]), device=device, dtype=dtype)
+
+
+def _lowrank(d: LowRankMultivariateNormal, eps):
+    n = d.event_shape[0]
+    eps_d, eps_w = eps[..., :n], eps[..., n:]
+    return d.loc + (d._unbroadcasted_cov_factor @ eps_w.unsqueeze(-1)).squeeze(-1) + d._unbroadcasted_cov_diag.sqrt() * eps_d
+
+
+def _independent_noise(d: Independent):
+    return noise(d.base_dist)
+
+
+def _independent(d: Independent, eps):
+    return transform(d.base_dist, eps)
+
+
+def _transformed_noise(d: TransformedDistribution):
+    return noise(d.base_dist)
+
+
+def _transformed(d: TransformedDistribution, eps):
+    x = transform(d.base_dist, eps)
+    for t in d.transforms:
+        x = t(x)
+    return x
+
+
+# ----------------------------------------------------------------------------- discrete
+def _bernoulli(d: Bernoulli, u):
+    # categories {0, 1} in that order: F(0) = 1 - p, so z = 1[u >= 1 - p]
+    return (u >= 1 - d.probs).to(d.probs.dtype)
+
+
+def _categorical_index(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    cdf = probs.cumsum(-1)
+    idx = (cdf <= u.unsqueeze(-1)).sum(-1)
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+def _categorical(d: Categorical, u):
+    return _categorical_index(d.probs, u)
+
+
+def _one_hot(d: OneHotCategorical, u):
+    probs = d.probs
+    idx = _categorical_index(probs, u)
+    return torch.nn.functional.one_hot(idx, probs.shape[-1]).to(probs.dtype)
+
+
+def _count_quantile(log_pmf: Callable[[torch.Tensor], torch.Tensor], upper: int, u: torch.Tensor) -> torch.Tensor:
+    """Smallest k in 0..upper with F(k) > u, by summing the pmf on the support (float64)."""
+    ks = torch.arange(upper + 1, device=u.device, dtype=torch.float64).reshape((-1,) + (1,) * u.dim())
+    pmf = log_pmf(ks).to(torch.float64).exp()
+    cdf = pmf.cumsum(0)
+    k = (cdf <= u.to(torch.float64).unsqueeze(0)).sum(0)
+    return k.clamp_(max=upper)
+
+
+def _binomial(d: Binomial, u):
+    n = d.total_count.detach()
+    upper = int(n.max().item()) if n.numel() else 0
+    p = d.probs.detach().to(torch.float64)
+    nn_ = n.to(torch.float64).expand_as(p)
+
+    def log_pmf(k):
+        valid = k <= nn_
+        kk = torch.minimum(k, nn_)
+        lp = (torch.lgamma(nn_ + 1) - torch.lgamma(kk + 1) - torch.lgamma(nn_ - kk + 1)
+              + kk * torch.log(p) + (nn_ - kk) * torch.log1p(-p))
+        lp = torch.nan_to_num(lp, nan=-math.inf)
+        # p in {0, 1}: the pmf is a point mass
+        lp = torch.where(p == 0, torch.where(kk == 0, 0.0, -math.inf), lp)
+        lp = torch.where(p == 1, torch.where(kk == nn_, 0.0, -math.inf), lp)
+        return torch.where(valid, lp, torch.full_like(lp, -math.inf))
+
+    return _count_quantile(log_pmf, upper, u).to(d.probs.dtype)
+
+
+def _poisson(d: Poisson, u):
+    rate = d.rate.detach().to(torch.float64)
+    rmax = float(rate.max().item()) if rate.numel() else 0.0
+    upper = int(rmax + 12 * math.sqrt(rmax) + 30)
+
+    def log_pmf(k):
+        return torch.xlogy(k, rate) - rate - torch.lgamma(k + 1)
+
+    return _count_quantile(log_pmf, upper, u).to(d.rate.dtype)
+
+
+def _geometric(d: Geometric, u):
+    # number of failures before the first success: F(k) = 1 - (1-p)^(k+1)
+    p = d.probs
+    k = torch.floor(torch.log1p(-u) / torch.log1p(-p).clamp(max=-torch.finfo(p.dtype).tiny))
+    return torch.where(p >= 1, torch.zeros_like(k), k.clamp(min=0))
+
+
+def _icdf(d: Distribution, u):
+    return d.icdf(u)
+
+
+_ICDF = Reparameterizer(_uniform_noise_full, _icdf, "standard_uniform")
+
+register(Normal, _normal_noise_full, _normal, law="standard_normal")
+register(MultivariateNormal, _mvn_noise, _mvn, law="standard_normal")
+register(LowRankMultivariateNormal, _lowrank_noise, _lowrank, law="standard_normal")
+register(Bernoulli, _uniform_noise_batch, _bernoulli, law="standard_uniform")
+register(Categorical, _uniform_noise_batch, _categorical, law="standard_uniform")
+register(OneHotCategorical, _uniform_noise_batch, _one_hot, law="standard_uniform")
+register(Binomial, _uniform_noise_batch, _binomial, law="standard_uniform")
+register(Poisson, _uniform_noise_batch, _poisson, law="standard_uniform")
+register(Geometric, _uniform_noise_batch, _geometric, law="standard_uniform")
+
+
+# wrappers: the noise (and its law) is the base distribution's
+register(Independent, _independent_noise, _independent, law="<base>")
+register(TransformedDistribution, _transformed_noise, _transformed, law="<base>")
