@@ -5,3 +5,6 @@ from .chain import ResidualChain
 from .mlp_dgm import MLPDGM
 
 __all__ = ["MLPDGM", "ResidualChain"]
+from .toy_chain import BinomialStudentChain, BinomialTeacherChain, GaussianStudentChain, GaussianTeacherChain
+
+__all__ += ["GaussianTeacherChain", "GaussianStudentChain", "BinomialTeacherChain", "BinomialStudentChain"]
