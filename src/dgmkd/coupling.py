@@ -25,10 +25,12 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch.distributions import Distribution
 
 from .handlers import draw_noise, replay, trace
 
@@ -74,7 +76,19 @@ class Coupling:
         return {"latent": self.latents, "target": self.targets, "deterministic": self.deterministics}[kind]
 
 
-def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_noise", **kwargs) -> Coupling:
+@contextmanager
+def validation(flag: bool):
+    """Set torch.distributions' default argument validation for the duration of a block."""
+    old = Distribution._validate_args
+    Distribution.set_default_validate_args(flag)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(old)
+
+
+def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_noise",
+           validate_args: bool | None = None, **kwargs) -> Coupling:
     """Run ``teacher`` and ``student`` on the same ``*args, **kwargs`` with coupled randomness.
 
     ``mode="shared_noise"`` — the unified method (Chen et al. 2023, Eq. 4–7): both models compute
@@ -86,14 +100,23 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
 
     The teacher runs under ``torch.no_grad()``; the student keeps its graph, so losses built from
     the result backpropagate into the student only.
+
+    ``validate_args``: torch.distributions' argument checks (positive scales, probabilities in
+    [0, 1], ...) cost a device synchronization per distribution, which on small models is a
+    large share of a training step. ``None`` keeps torch's global setting; ``False`` turns the
+    checks off while the two models run (:func:`dgmkd.distill` does so after validating its first
+    step, and its NaN guard still stops a run whose loss goes bad).
     """
     if mode not in ("shared_noise", "teacher_forced"):
         raise ValueError(f"unknown coupling mode {mode!r}; choose 'shared_noise' or 'teacher_forced'")
-    with torch.no_grad(), trace() as tt, draw_noise():
-        t_out = teacher(*args, **kwargs)
-    rp = replay(tt.sites, mode)
-    with trace() as st, rp:
-        s_out = student(*args, **kwargs)
+    if validate_args is None:
+        validate_args = Distribution._validate_args
+    with validation(validate_args):
+        with torch.no_grad(), trace() as tt, draw_noise():
+            t_out = teacher(*args, **kwargs)
+        rp = replay(tt.sites, mode)
+        with trace() as st, rp:
+            s_out = student(*args, **kwargs)
     rp.check_complete()
     c = Coupling(mode, teacher_trace=tt.sites, student_trace=st.sites, teacher_output=t_out, student_output=s_out)
     groups = {"latent": c.latents, "target": c.targets, "deterministic": c.deterministics}

@@ -116,8 +116,9 @@ class replay(Messenger):
             r = reparam.lookup(fn)
             if eps is None:
                 raise SiteMismatchError(f"latent site {name!r} has no recorded noise in the teacher's trace")
-            law_t, law_s = reparam.noise_law(rec["fn"]), reparam.noise_law(fn)
-            if law_t != law_s:
+            # same non-wrapper type => same law; otherwise compare the laws
+            if (type(rec["fn"]) is not type(fn) or r.law == "<base>") and \
+                    (law_t := reparam.noise_law(rec["fn"])) != (law_s := reparam.noise_law(fn)):
                 raise SiteMismatchError(
                     f"latent site {name!r}: the teacher's {type(rec['fn']).__name__} uses {law_t} noise "
                     f"but the student's {type(fn).__name__} uses {law_s} noise; shared noise needs the same law"

@@ -110,7 +110,7 @@ def _to_device(args: tuple, device) -> tuple:
 
 def check_finite(value: torch.Tensor | float, step: int, name: str = "loss", path: str | None = None) -> None:
     """Raise :class:`NonFiniteLossError` naming the step when ``value`` is NaN or infinite."""
-    v = float(value)
+    v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     if not math.isfinite(v):
         where = f"; the last good checkpoint is kept at {path}" if path and os.path.exists(path) else ""
         raise NonFiniteLossError(f"{name} is {v} at step {step}: training stopped{where}")
@@ -241,8 +241,13 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
             return losses.local(c, divergence, deterministic)
         return method(c)
 
+    start_step = [None]
+
     def step_fn(args, step):
-        c = couple(teacher, student, *args, mode=mode)
+        if start_step[0] is None:
+            start_step[0] = step
+        # torch's distribution argument checks run on the first step only (see couple())
+        c = couple(teacher, student, *args, mode=mode, validate_args=None if step == start_step[0] else False)
         loss = objective(c)
         check_finite(loss, step, "loss", str(checkpoint) if checkpoint else None)
         opt.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import rundir
 from ..metrics import mmd2
@@ -66,7 +67,7 @@ def run(cfg: Config, out: Path) -> dict:
 
         def report(step, row, method=method):
             if step % every == 0 or step == cfg.steps - 1:
-                print(f"  [{method}] step {step:5d}  loss {row['loss']:.4f}")
+                tqdm.write(f"  [{method}] step {step:5d}  loss {row['loss']:.4f}")
 
         print(f"{method}: distilling (teacher hidden {cfg.teacher_hidden} -> student hidden {cfg.student_hidden})")
         hist = distill(teacher, student, inputs=cfg.batch, method=method, steps=cfg.steps, lr=cfg.lr,

@@ -1,0 +1,148 @@
+"""The training loop: resume after a kill equals an uninterrupted run; NaN stops with the step."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+import dgmkd
+from dgmkd import checkpoint as ck
+from dgmkd.models import MLPDGM
+from dgmkd.train import make_inputs
+
+
+def models():
+    torch.manual_seed(0)
+    return MLPDGM((2, 2), hidden=16), MLPDGM((2, 2), hidden=4)
+
+
+def _params(m):
+    return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+
+@pytest.mark.parametrize("method", ["unified", "local"])
+def test_distill_lowers_the_loss(method):
+    t, s = models()
+    h = dgmkd.distill(t, s, 64, method=method, steps=150, lr=1e-2, progress=False)
+    first, last = sum(h["loss"][:10]) / 10, sum(h["loss"][-10:]) / 10
+    assert last < 0.6 * first
+    assert h["step"] == list(range(150))
+
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, torch, dgmkd
+    from dgmkd.models import MLPDGM
+    torch.manual_seed(0)
+    t, s = MLPDGM((2, 2), hidden=16), MLPDGM((2, 2), hidden=4)
+    def kill(step, row):
+        if step == int(sys.argv[2]):
+            os._exit(9)  # an abrupt kill: no cleanup, no final checkpoint
+    dgmkd.distill(t, s, 32, steps=40, lr=1e-2, checkpoint=sys.argv[1], checkpoint_every=7,
+                  progress=False, callback=kill)
+""")
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+    path = tmp_path / "ck.pt"
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(path), "23"], capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr
+    assert ck.load(path)["step"] == 21  # the last periodic checkpoint before the kill
+    t, s = models()
+    h_resumed = dgmkd.distill(t, s, 32, steps=40, lr=1e-2, checkpoint=path, checkpoint_every=7, progress=False)
+    t2, s2 = models()
+    h_full = dgmkd.distill(t2, s2, 32, steps=40, lr=1e-2, progress=False)
+    assert torch.equal(_params(s), _params(s2))
+    assert h_resumed["loss"] == h_full["loss"]  # the history survives the kill too
+
+
+def test_iterable_inputs_resume_at_the_right_item(tmp_path):
+    data = [(torch.randn(16, 3),) for _ in range(5)]  # 5 batches: resume mid-epoch
+
+    class Reg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return dgmkd.target("y", Normal(self.f(x), 1.0))
+
+    def run(steps, path=None):
+        torch.manual_seed(1)
+        t, s = Reg(), Reg()
+        dgmkd.distill(t, s, data, steps=steps, checkpoint=path, checkpoint_every=4, progress=False)
+        return s
+
+    full = run(13)
+    run(8, tmp_path / "c.pt")  # stops at step 8 (checkpoint written at the end)
+    resumed = run(13, tmp_path / "c.pt")
+    assert torch.equal(_params(full), _params(resumed))
+
+
+def test_nan_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+    t, s = models()
+    path = tmp_path / "ck.pt"
+
+    def loss(c):
+        base = dgmkd.losses.unified(c)
+        return base * float("nan") if loss.calls >= 12 else base
+
+    loss.calls = 0
+
+    def count(step, row):
+        loss.calls += 1
+
+    with pytest.raises(dgmkd.NonFiniteLossError, match="at step 12.*last good checkpoint"):
+        dgmkd.distill(t, s, 16, method=loss, steps=30, checkpoint=path, checkpoint_every=5, progress=False,
+                      callback=count)
+    saved = ck.load(path)
+    assert saved["step"] == 10
+    assert all(torch.isfinite(v).all() for v in saved["state"]["student"].values())
+
+
+def test_checkpoint_refuses_arbitrary_objects(tmp_path):
+    path = tmp_path / "evil.pt"
+
+    import argparse
+
+    torch.save({"x": argparse.Namespace(cmd="rm -rf /")}, path)  # any pickled object
+    with pytest.raises(ck.CheckpointError, match="safely"):
+        ck.load(path)
+
+
+def test_checkpoint_for_another_run_is_named(tmp_path):
+    path = tmp_path / "c.pt"
+    ck.save(path, {"step": 1, "state": {"other": {}}, "rng": torch.get_rng_state(), "history": {}})
+    t, s = models()
+    with pytest.raises(ck.CheckpointError, match="no state for"):
+        dgmkd.distill(t, s, 8, steps=2, checkpoint=path, progress=False)
+
+
+def test_make_inputs_forms():
+    assert make_inputs(7)(0) == (7,)
+    assert make_inputs(lambda: 3)(5) == (3,)
+    it = make_inputs([(1,), (2,), (3,)])
+    assert [it(i)[0] for i in range(7)] == [1, 2, 3, 1, 2, 3, 1]
+    assert make_inputs([(1,), (2,), (3,)])(4) == (2,)  # positioned after 4 items
+    with pytest.raises(ValueError):
+        make_inputs(0)
+    with pytest.raises(ValueError, match="empty"):
+        make_inputs([])(0)
+    with pytest.raises(TypeError):
+        make_inputs(1.5)
+
+
+def test_unknown_method_is_named():
+    t, s = models()
+    with pytest.raises(ValueError, match="unknown method 'fancy'"):
+        dgmkd.distill(t, s, 8, method="fancy", steps=1, progress=False)
+
+
+def test_device_argument_moves_models_and_inputs():
+    t, s = models()
+    h = dgmkd.distill(t, s, 8, steps=2, device="cpu", progress=False)
+    assert len(h["loss"]) == 2
