@@ -70,5 +70,12 @@ class LinearGaussian(InvertibleSampler):
         return self.matrix @ self.matrix.T
 
     def distribution(self) -> MultivariateNormal:
-        """``N(loc, R R^T)`` as a torch distribution (closed-form KLs via ``kl_divergence``)."""
-        return MultivariateNormal(self.loc, covariance_matrix=self.covariance())
+        """``N(loc, R R^T)`` as a torch distribution (closed-form KLs via ``kl_divergence``).
+
+        The Cholesky factor is computed in float64: ``R R^T`` of a random ``R`` is ill-conditioned
+        for large ``dim`` (its smallest eigenvalue tends to 0, §3.1) and fails in float32. For
+        accurate KLs call this on a ``.double()`` copy.
+        """
+        cov = self.covariance()
+        tril = torch.linalg.cholesky(cov.double()).to(cov.dtype)
+        return MultivariateNormal(self.loc, scale_tril=tril)
