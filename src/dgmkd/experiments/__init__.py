@@ -13,9 +13,6 @@ from types import ModuleType
 # name -> module; modules are imported only when used so `dgmkd list` stays fast
 EXPERIMENTS: dict[str, str] = {
     "demo": "dgmkd.experiments.demo",
-    "hm-compress": "dgmkd.experiments.hm_compress",
-    "hvae-compress": "dgmkd.experiments.hvae_compress",
-    "toy-chain": "dgmkd.experiments.toy_chain",
     "density-distill": "dgmkd.experiments.density_distill",
 }
 
