@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed as ddp
 from . import losses
 from .coupling import couple
 
@@ -128,12 +129,21 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
     existing checkpoint there is loaded first and the run continues from its step with its RNG
     state, so a killed run resumed ends where an uninterrupted one would. Every metric is checked
     for NaN/inf (:class:`NonFiniteLossError`). Returns the history ``{"step": [...], metric: [...]}``.
+
+    Under ``torchrun`` (see :mod:`dgmkd.distributed`) each rank is seeded with ``seed + rank``, a
+    batch-size ``inputs`` is split over the ranks, metrics are averaged over ranks, and rank 0
+    alone writes checkpoints, which hold every rank's RNG state.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if checkpoint_every <= 0:
         raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
     state = state or {}
+    ddp.init(device)
+    device = ddp.device_for(device)
+    world, rank = ddp.world_size(), ddp.rank()
+    if isinstance(inputs, int) and not isinstance(inputs, bool) and world > 1:
+        inputs = ddp.split_batch(inputs)
     get_args = make_inputs(inputs)
     history: dict[str, list] = {"step": []}
     start = 0
@@ -146,25 +156,34 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
                                        f"it holds {sorted(saved.get('state', {}))}")
         for name, obj in state.items():
             obj.load_state_dict(saved["state"][name])
-        torch.set_rng_state(saved["rng"])
+        rng_all = saved.get("rng_all")
+        if rng_all is not None and rng_all.shape[0] == world:
+            torch.set_rng_state(rng_all[rank].clone())
+        elif world == 1:
+            torch.set_rng_state(saved["rng"])
+        else:  # resumed on a different number of processes: continue with fresh per-rank noise
+            torch.manual_seed((seed or 0) + 1000 * int(saved["step"]) + rank)
         if torch.cuda.is_available() and "cuda_rng" in saved:
             torch.cuda.set_rng_state_all(list(saved["cuda_rng"]))
         history = {k: list(v) for k, v in saved["history"].items()}
         start = int(saved["step"])
     elif seed is not None:
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + rank)
 
     def save(step):
         if not path:
             return
+        rng_all = ddp.gather_rng()  # a collective: every rank takes part, rank 0 writes
+        if rank != 0:
+            return
         obj = {"step": step, "state": {n: o.state_dict() for n, o in state.items()},
-               "rng": torch.get_rng_state(), "history": history}
+               "rng": torch.get_rng_state(), "rng_all": rng_all, "history": history}
         if torch.cuda.is_available():
             obj["cuda_rng"] = torch.cuda.get_rng_state_all()
         ckpt.save(path, obj)
 
     bar = None
-    if progress and start < steps:
+    if progress and start < steps and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True, leave=True)
@@ -172,11 +191,10 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
         for step in range(start, steps):
             args = _to_device(get_args(step), device)
             metrics = step_fn(args, step)
-            row = {}
-            for k, v in metrics.items():
-                v = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+            row = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in metrics.items()}
+            row = ddp.mean_over_ranks(row)
+            for k, v in row.items():
                 check_finite(v, step, k, path)
-                row[k] = v
             history["step"].append(step)
             for k, v in row.items():
                 history.setdefault(k, []).append(v)
@@ -192,6 +210,24 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
         if bar is not None:
             bar.close()
     return history
+
+
+class _Objective(torch.nn.Module):
+    """The distillation loss as a module that owns the student (and only the student).
+
+    Its output is the loss, so DistributedDataParallel can find the student's used parameters by
+    walking back from it; the teacher is held outside the module tree, so DDP neither syncs nor
+    checks it.
+    """
+
+    def __init__(self, teacher, student, mode, loss_fn):
+        super().__init__()
+        self.student = student
+        self.__dict__["teacher"] = teacher  # not a submodule
+        self.mode, self.loss_fn = mode, loss_fn
+
+    def forward(self, *args, validate_args=None):
+        return self.loss_fn(couple(self.teacher, self.student, *args, mode=self.mode, validate_args=validate_args))
 
 
 def _clip(params, grad_clip):
@@ -220,8 +256,9 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     """
     if isinstance(method, str) and method not in ("unified", "local"):
         raise ValueError(f"unknown method {method!r}; choose 'unified', 'local' or pass loss(coupling)")
+    ddp.init(device)
+    device = ddp.device_for(device)
     if device is not None:
-        device = torch.device(device)
         if isinstance(teacher, torch.nn.Module):
             teacher.to(device)
         student.to(device)
@@ -234,12 +271,16 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     opt = optimizer or torch.optim.Adam(params, lr=lr)
     mode = "teacher_forced" if method == "local" else "shared_noise"
 
-    def objective(c):
+    def loss_fn(c):
         if method == "unified":
             return losses.unified(c, latent_weight, divergence, latent_divergence, deterministic)
         if method == "local":
             return losses.local(c, divergence, deterministic)
         return method(c)
+
+    objective = _Objective(teacher, student, mode, loss_fn)
+    runner = ddp.wrap(objective)  # DistributedDataParallel under torchrun
+    distributed = runner is not objective
 
     start_step = [None]
 
@@ -247,9 +288,9 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
         if start_step[0] is None:
             start_step[0] = step
         # torch's distribution argument checks run on the first step only (see couple())
-        c = couple(teacher, student, *args, mode=mode, validate_args=None if step == start_step[0] else False)
-        loss = objective(c)
-        check_finite(loss, step, "loss", str(checkpoint) if checkpoint else None)
+        loss = runner(*args, validate_args=None if step == start_step[0] else False)
+        if not distributed:  # under DDP the rank-averaged loss is checked after the step, on every rank
+            check_finite(loss, step, "loss", str(checkpoint) if checkpoint else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         _clip(params, grad_clip)
