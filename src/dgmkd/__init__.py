@@ -8,6 +8,7 @@ small functions of the result; :func:`distill` is the one training loop.
 
 from . import checkpoint, divergences, handlers, losses, reparam
 from .coupling import Coupling, SitePair, couple
+from .delta import Delta
 from .handlers import SiteMismatchError
 from .reparam import UnsupportedDistributionError
 from .sites import deterministic, latent, target
@@ -16,7 +17,7 @@ from .train import NonFiniteLossError, distill, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "latent", "target", "deterministic", "couple", "Coupling", "SitePair", "distill", "train",
+    "latent", "target", "deterministic", "couple", "Delta", "Coupling", "SitePair", "distill", "train",
     "losses", "divergences", "reparam", "handlers", "checkpoint",
     "SiteMismatchError", "UnsupportedDistributionError", "NonFiniteLossError",
 ]

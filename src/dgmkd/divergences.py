@@ -100,6 +100,12 @@ def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
 
 def w2(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
     """Squared 2-Wasserstein distance (closed forms for Gaussians and point masses)."""
+    from .delta import Delta
+
+    if isinstance(p, Delta):
+        p = p.v
+    if isinstance(q, Delta):
+        q = q.v
     if _is_point(p) and _is_point(q):
         return (p - q) ** 2
     if isinstance(p, Normal) and isinstance(q, Normal):
@@ -161,8 +167,30 @@ def applies_to_points(divergence: str | Callable) -> bool:
     return callable(divergence) or divergence in DISTANCES
 
 
-def site(divergence: str | Callable, teacher, student, value=None) -> torch.Tensor:
-    """The divergence at one site, reduced to a scalar (see :func:`reduce`)."""
+_TEMPERED = ("Categorical", "OneHotCategorical", "Bernoulli", "RelaxedOneHotCategorical")
+
+
+def temper(dist, temperature: float):
+    """``dist`` with its logits divided by ``temperature`` (Hinton et al. 2015's softened
+    outputs). Defined for Categorical, OneHotCategorical and Bernoulli."""
+    from torch.distributions import Bernoulli, Categorical, OneHotCategorical
+
+    for cls in (Categorical, OneHotCategorical, Bernoulli):
+        if isinstance(dist, cls):
+            return cls(logits=dist.logits / temperature, validate_args=False)
+    raise TypeError(f"a temperature applies to Categorical, OneHotCategorical and Bernoulli sites, "
+                    f"not {_tname(dist)}")
+
+
+def site(divergence: str | Callable, teacher, student, value=None, temperature: float = 1.0) -> torch.Tensor:
+    """The divergence at one site, reduced to a scalar (see :func:`reduce`).
+
+    With ``temperature`` T != 1 both distributions are softened (:func:`temper`) and the
+    divergence is multiplied by T**2, which keeps gradient magnitudes comparable across T
+    (Hinton et al. 2015, §2).
+    """
+    if temperature != 1.0:
+        return temperature ** 2 * site(divergence, temper(teacher, temperature), temper(student, temperature))
     if isinstance(divergence, str):
         return reduce(get(divergence)(teacher, student, value))
     if not callable(divergence):

@@ -42,10 +42,10 @@ __all__ = ["surrogate", "latent", "unified", "local"]
 Divergence = str | Callable
 
 
-def _sum(pairs: Iterable[SitePair], divergence: Divergence) -> torch.Tensor:
+def _sum(pairs: Iterable[SitePair], divergence: Divergence, temperature: float = 1.0) -> torch.Tensor:
     total = None
     for p in pairs:
-        d = D.site(divergence, p.teacher, p.student, p.value)
+        d = D.site(divergence, p.teacher, p.student, p.value, temperature)
         total = d if total is None else total + d
     return total if total is not None else torch.zeros(())
 
@@ -75,10 +75,15 @@ def _det_divergence(divergence: Divergence, deterministic: Divergence | None | b
     return None
 
 
-def surrogate(c: Coupling, divergence: Divergence = "kl", sites: Iterable[str] | None = None) -> torch.Tensor:
-    """Surrogate distillation loss over the target sites (Eq. 4)."""
+def surrogate(c: Coupling, divergence: Divergence = "kl", sites: Iterable[str] | None = None,
+              temperature: float = 1.0) -> torch.Tensor:
+    """Surrogate distillation loss over the target sites (Eq. 4).
+
+    ``temperature`` softens categorical / Bernoulli targets as in Hinton et al. (2015) and scales
+    the divergence by T**2; with no latents and KL this is exactly their KD loss.
+    """
     _need_mode(c, "shared_noise", "surrogate")
-    return _sum(_select(c.targets, sites), divergence)
+    return _sum(_select(c.targets, sites), divergence, temperature)
 
 
 def latent(c: Coupling, divergence: Divergence = "kl", sites: Iterable[str] | None = None,
