@@ -196,10 +196,14 @@ class BinomialStudentChain(BinomialTeacherChain):
     """Binomial student with a residual in logit space: ``p = sigmoid(logit(clip(z/N)) + r_i(z/N))``.
 
     ``clip`` keeps the logit finite at ``z = 0`` and ``z = N`` (the teacher's absorbing states);
-    ``eps`` is its margin. ``hidden = 0`` makes ``r_i`` affine.
+    ``eps`` is its margin. ``hidden = 0`` makes ``r_i`` affine. Because the teacher's
+    ``p = z/N`` is the identity of this parameterization (``r_i = 0``), every width can represent
+    the teacher exactly. ``residual=False`` drops the ``logit(z/N)`` skip, ``p = sigmoid(r_i(z/N))``:
+    then an affine ``r_i`` (``hidden = 0``) cannot represent the teacher and a tanh MLP only
+    approximately (``logit(z/N)`` diverges at the ends) — the capacity-limited regime.
     """
 
-    def __init__(self, layers: int, hidden: int = 32, total: int = 1000, eps: float = 1e-4):
+    def __init__(self, layers: int, hidden: int = 32, total: int = 1000, eps: float = 1e-4, residual: bool = True):
         super().__init__(layers, total)
         if hidden < 0:
             raise ValueError(f"hidden must be >= 0 (0 = linear residual), got {hidden}")
@@ -207,6 +211,7 @@ class BinomialStudentChain(BinomialTeacherChain):
             raise ValueError(f"eps must be in (0, 0.5), got {eps}")
         self.hidden = hidden
         self.eps = eps
+        self.residual = residual
         self.res = nn.ModuleList(
             nn.Linear(1, 1) if hidden == 0 else nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
             for _ in range(layers)
@@ -214,5 +219,7 @@ class BinomialStudentChain(BinomialTeacherChain):
 
     def conditional(self, i, z):
         u = z / self.total
-        base = torch.logit(u.clamp(self.eps, 1 - self.eps))
-        return QuantileBinomial(self.total, logits=base + self.res[i](2 * u - 1))
+        r = self.res[i](2 * u - 1)
+        if not self.residual:
+            return QuantileBinomial(self.total, logits=r)
+        return QuantileBinomial(self.total, logits=torch.logit(u.clamp(self.eps, 1 - self.eps)) + r)
