@@ -13,6 +13,8 @@ from types import ModuleType
 # name -> module; modules are imported only when used so `dgmkd list` stays fast
 EXPERIMENTS: dict[str, str] = {
     "demo": "dgmkd.experiments.demo",
+    "hm-compress": "dgmkd.experiments.hm_compress",
+    "vrnn-compress": "dgmkd.experiments.vrnn_compress",
     "toy-chain": "dgmkd.experiments.toy_chain",
     "density-distill": "dgmkd.experiments.density_distill",
 }

@@ -8,3 +8,9 @@ __all__ = ["MLPDGM", "ResidualChain"]
 from .toy_chain import BinomialStudentChain, BinomialTeacherChain, GaussianStudentChain, GaussianTeacherChain
 
 __all__ += ["GaussianTeacherChain", "GaussianStudentChain", "BinomialTeacherChain", "BinomialStudentChain"]
+from .helmholtz import HelmholtzMachine, HelmholtzRecognition
+
+__all__ += ["HelmholtzMachine", "HelmholtzRecognition"]
+from .vrnn import VRNN
+
+__all__ += ["VRNN"]

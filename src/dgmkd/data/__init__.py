@@ -1,0 +1,1 @@
+"""Datasets: embedded offline defaults and readers for files users bring (nothing downloads at run time)."""

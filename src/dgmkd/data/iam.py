@@ -1,0 +1,126 @@
+"""IAM On-Line Handwriting Database (IAM-OnDB) stroke XML reader, for users who have the files.
+
+The VRNN experiment of Chen et al. 2023 (§3.6, §4.3, Fig. 8) uses IAM-OnDB (Liwicki & Bunke,
+ICDAR 2005). The data set needs a registration and cannot be shipped or downloaded here, so the
+library's embedded default for the VRNN is MNIST-1D (:mod:`dgmkd.data.mnist1d`); this module reads
+the real files when a user has them (``lineStrokes/**/*.xml``).
+
+Each file is a ``WhiteboardCaptureSession`` whose ``StrokeSet`` holds ``Stroke`` elements of
+``Point x= y= time=`` children. Following Graves (2013) and Chung et al. (2015, VRNN), a line is
+turned into a sequence of rows ``[pen_up, dx, dy]``: ``dx, dy`` the offset from the previous point
+(0 for the first point), ``pen_up = 1`` at the last point of each stroke (the pen lifts after it).
+The VRNN models ``pen_up`` as a Bernoulli and ``(dx, dy)`` as Gaussians. The y axis is flipped so
+that the handwriting is upright when plotted (the whiteboard's y grows downwards).
+
+Example (with a tiny file written on the spot):
+    >>> import tempfile, pathlib
+    >>> from dgmkd.data.iam import read_strokes
+    >>> xml = ('<WhiteboardCaptureSession><StrokeSet>'
+    ...        '<Stroke><Point x="10" y="20" time="0"/><Point x="13" y="24" time="1"/></Stroke>'
+    ...        '<Stroke><Point x="20" y="20" time="2"/></Stroke></StrokeSet></WhiteboardCaptureSession>')
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a01-000u-01.xml"
+    >>> _ = p.write_text(xml)
+    >>> read_strokes(p).tolist()
+    [[0.0, 0.0, 0.0], [1.0, 3.0, -4.0], [1.0, 7.0, 4.0]]
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["read_strokes", "load_iam", "IAMFormatError", "strokes_to_lines"]
+
+
+class IAMFormatError(ValueError):
+    """A file that is not an IAM-OnDB stroke XML file."""
+
+
+def read_strokes(path: str | Path) -> np.ndarray:
+    """One IAM-OnDB line as a ``(T, 3)`` float array of rows ``[pen_up, dx, dy]`` (see module doc)."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise IAMFormatError(f"{path}: not well-formed XML ({e})") from e
+    except FileNotFoundError:
+        raise FileNotFoundError(f"IAM-OnDB stroke file {str(path)!r} does not exist") from None
+    stroke_set = root.find("StrokeSet") if root.tag != "StrokeSet" else root
+    if stroke_set is None:
+        raise IAMFormatError(f"{path}: no <StrokeSet> element; is this an IAM-OnDB lineStrokes file?")
+    points, pen = [], []
+    for k, stroke in enumerate(stroke_set.findall("Stroke")):
+        pts = stroke.findall("Point")
+        if not pts:
+            continue
+        for i, p in enumerate(pts):
+            try:
+                points.append((float(p.attrib["x"]), float(p.attrib["y"])))
+            except KeyError as e:
+                raise IAMFormatError(f"{path}: a <Point> of stroke {k} has no {e.args[0]!r} attribute") from None
+            except ValueError:
+                raise IAMFormatError(f"{path}: a <Point> of stroke {k} has a non-numeric coordinate: "
+                                     f"{p.attrib}") from None
+            pen.append(1.0 if i == len(pts) - 1 else 0.0)
+    if not points:
+        raise IAMFormatError(f"{path}: the <StrokeSet> holds no <Point>")
+    xy = np.asarray(points, dtype=np.float64)
+    d = np.zeros_like(xy)
+    d[1:] = xy[1:] - xy[:-1]
+    d[1:, 1] *= -1.0  # upright: the whiteboard's y axis points down
+    return np.concatenate([np.asarray(pen)[:, None], d], 1).astype(np.float32)
+
+
+def load_iam(root: str | Path, max_len: int = 300, min_len: int = 10, scale: float | None = None,
+             limit: int | None = None):
+    """Read every ``*.xml`` under ``root`` (recursively, sorted) into a padded tensor.
+
+    Sequences are cut into windows of at most ``max_len`` points (longer lines give several; pieces
+    shorter than ``min_len`` are dropped). Offsets are divided by ``scale`` (default: their standard
+    deviation over all files, the usual normalization). Returns ``(x, lengths, scale)`` with ``x`` of
+    shape ``(N, max_len, 3)`` zero-padded, ``lengths`` ``(N,)``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"IAM-OnDB directory {str(root)!r} does not exist (expected lineStrokes/)")
+    files = sorted(root.rglob("*.xml"))
+    if limit is not None:
+        files = files[:limit]
+    if not files:
+        raise FileNotFoundError(f"no *.xml stroke files under {str(root)!r}")
+    if max_len < min_len or min_len < 1:
+        raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+    pieces = []
+    for f in files:
+        s = read_strokes(f)
+        for i in range(0, len(s), max_len):
+            w = s[i:i + max_len].copy()
+            if len(w) >= min_len:
+                w[0, 1:] = 0.0  # each window starts at its own origin
+                pieces.append(w)
+    if not pieces:
+        raise ValueError(f"no stroke sequence under {str(root)!r} has at least {min_len} points")
+    if scale is None:
+        offs = np.concatenate([p[:, 1:] for p in pieces])
+        scale = float(offs.std()) or 1.0
+    x = torch.zeros(len(pieces), max_len, 3)
+    lengths = torch.zeros(len(pieces), dtype=torch.long)
+    for i, p in enumerate(pieces):
+        p = p.copy()
+        p[:, 1:] /= scale
+        x[i, :len(p)] = torch.from_numpy(p)
+        lengths[i] = len(p)
+    return x, lengths, scale
+
+
+def strokes_to_lines(seq: np.ndarray | torch.Tensor) -> list[np.ndarray]:
+    """Integrate ``[pen_up, dx, dy]`` rows back to absolute coordinates, split into strokes (for plots)."""
+    seq = np.asarray(seq, dtype=np.float64)
+    if seq.ndim != 2 or seq.shape[1] != 3:
+        raise ValueError(f"expected a (T, 3) array of [pen_up, dx, dy], got shape {seq.shape}")
+    xy = np.cumsum(seq[:, 1:], 0)
+    cuts = np.nonzero(seq[:, 0] > 0.5)[0] + 1
+    return [s for s in np.split(xy, cuts) if len(s)]

@@ -1,0 +1,103 @@
+"""Old Faithful (embedded) and the IAM-OnDB stroke XML reader (on fixtures written here)."""
+
+import numpy as np
+import pytest
+import torch
+
+from dgmkd.data.faithful import load_faithful, split_faithful
+from dgmkd.data.iam import IAMFormatError, load_iam, read_strokes, strokes_to_lines
+
+
+def test_faithful_matches_its_known_summary():
+    x = load_faithful(torch.float64)
+    assert x.shape == (272, 2)
+    # R: mean(faithful$eruptions) = 3.487783, mean(faithful$waiting) = 70.89706
+    assert abs(float(x[:, 0].mean()) - 3.487783) < 1e-6
+    assert abs(float(x[:, 1].mean()) - 70.897059) < 1e-5
+    assert float(x[:, 0].min()) == 1.6 and float(x[:, 0].max()) == 5.1
+    assert float(x[:, 1].min()) == 43 and float(x[:, 1].max()) == 96
+    assert x[0].tolist() == [3.6, 79.0] and x[-1].tolist() == [4.467, 74.0]
+
+
+def test_faithful_split_is_disjoint_standardized_and_reproducible():
+    tr, te, (mean, std) = split_faithful(72, seed=0)
+    assert tr.shape == (200, 2) and te.shape == (72, 2)
+    assert torch.allclose(tr.mean(0), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(tr.std(0), torch.ones(2), atol=1e-5)
+    raw = torch.cat([tr, te]) * std + mean
+    assert torch.allclose(raw.sum(0), load_faithful().sum(0), rtol=1e-5)
+    tr2, te2, _ = split_faithful(72, seed=0)
+    assert torch.equal(te, te2)
+    with pytest.raises(ValueError, match="n_test"):
+        split_faithful(0)
+
+
+LINE = """<?xml version="1.0" encoding="ISO-8859-1"?>
+<WhiteboardCaptureSession>
+  <WhiteboardDescription><SensorLocation corner="top_left"/>
+    <DiagonallyOppositeCoords x="6512" y="1376"/></WhiteboardDescription>
+  <StrokeSet>
+    <Stroke colour="black" start_time="769.05" end_time="769.64">
+      <Point x="1073" y="1058" time="769.05"/>
+      <Point x="1072" y="1085" time="769.07"/>
+      <Point x="1074" y="1100" time="769.08"/>
+    </Stroke>
+    <Stroke colour="black" start_time="770.00" end_time="770.10">
+      <Point x="1100" y="1050" time="770.00"/>
+      <Point x="1110" y="1060" time="770.10"/>
+    </Stroke>
+  </StrokeSet>
+</WhiteboardCaptureSession>
+"""
+
+
+def test_read_strokes_offsets_and_pen_bits(tmp_path):
+    p = tmp_path / "a01-000u-01.xml"
+    p.write_text(LINE, encoding="iso-8859-1")
+    s = read_strokes(p)
+    assert s.dtype == np.float32 and s.shape == (5, 3)
+    assert s[:, 0].tolist() == [0, 0, 1, 0, 1]          # pen lifts after each stroke's last point
+    assert s[:, 1].tolist() == [0, -1, 2, 26, 10]        # dx
+    assert s[:, 2].tolist() == [0, -27, -15, 50, -10]    # -dy (upright)
+    lines = strokes_to_lines(s)
+    assert [len(l) for l in lines] == [3, 2]
+    # integrating the offsets gives the points back (relative to the first, y flipped)
+    assert lines[1][-1].tolist() == [1110 - 1073, -(1060 - 1058)]
+
+
+def test_load_iam_windows_padding_and_scale(tmp_path):
+    d = tmp_path / "lineStrokes" / "a01" / "a01-000"
+    d.mkdir(parents=True)
+    (d / "a01-000u-01.xml").write_text(LINE)
+    pts = "".join(f'<Point x="{i}" y="{2 * i}" time="{i}"/>' for i in range(25))
+    (d / "a01-000u-02.xml").write_text(f"<WhiteboardCaptureSession><StrokeSet><Stroke>{pts}</Stroke>"
+                                       "</StrokeSet></WhiteboardCaptureSession>")
+    x, lengths, scale = load_iam(tmp_path / "lineStrokes", max_len=10, min_len=3)
+    # file 1: 5 points -> 1 window; file 2: 25 points -> windows of 10, 10, 5
+    assert lengths.tolist() == [5, 10, 10, 5]
+    assert x.shape == (4, 10, 3)
+    assert float(x[0, 5:].abs().sum()) == 0.0                       # zero padding
+    assert torch.all(x[:, 0, 1:] == 0)                              # each window starts at its origin
+    assert abs(float(x[2, 1, 1]) - 1.0 / scale) < 1e-6              # dx = 1 scaled
+    x2, _, s2 = load_iam(tmp_path / "lineStrokes", max_len=10, min_len=3, scale=2.0)
+    assert s2 == 2.0 and abs(float(x2[2, 1, 2]) + 1.0) < 1e-6       # -dy = -2 / 2
+
+
+def test_iam_reader_errors(tmp_path):
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<WhiteboardCaptureSession><StrokeSet><Stroke><Point x='1'/></Stroke></StrokeSet>"
+                   "</WhiteboardCaptureSession>")
+    with pytest.raises(IAMFormatError, match="'y'"):
+        read_strokes(bad)
+    bad.write_text("<html></html>")
+    with pytest.raises(IAMFormatError, match="StrokeSet"):
+        read_strokes(bad)
+    bad.write_text("<WhiteboardCaptureSession><StrokeSet>")
+    with pytest.raises(IAMFormatError, match="well-formed"):
+        read_strokes(bad)
+    with pytest.raises(FileNotFoundError):
+        read_strokes(tmp_path / "missing.xml")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no \\*.xml"):
+        load_iam(empty)
