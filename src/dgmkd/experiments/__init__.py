@@ -15,6 +15,7 @@ EXPERIMENTS: dict[str, str] = {
     "demo": "dgmkd.experiments.demo",
     "hm-compress": "dgmkd.experiments.hm_compress",
     "vrnn-compress": "dgmkd.experiments.vrnn_compress",
+    "hvae-compress": "dgmkd.experiments.hvae_compress",
     "toy-chain": "dgmkd.experiments.toy_chain",
     "density-distill": "dgmkd.experiments.density_distill",
 }

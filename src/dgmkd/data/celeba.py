@@ -1,0 +1,110 @@
+"""Reader for CelebA (Liu et al. 2015): the aligned image folder and ``list_attr_celeba.txt``.
+
+Layout under ``root``: ``img_align_celeba/`` (``000001.jpg`` ...), ``list_attr_celeba.txt`` (line 1:
+the number of images; line 2: the 40 attribute names; then ``<file> <+1/-1 x 40>`` per image) and,
+optionally, ``list_eval_partition.txt`` (``<file> <0|1|2>`` for train / valid / test). Images are
+center-cropped to ``crop`` x ``crop`` (148, the usual choice for 178x218 aligned faces) and resized
+to ``size`` (64), returned as ``(N, 3, size, size)`` float32 in [0, 1]; attributes as ``(N, 40)``
+in {0, 1}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataFormatError
+
+__all__ = ["load_celeba", "read_attributes", "read_partition"]
+
+_SPLIT = {"train": 0, "valid": 1, "test": 2}
+
+
+def read_attributes(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+    """``(attribute names, file names, attributes (N, A) int8 in {-1, +1})`` of ``list_attr_celeba.txt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"CelebA attribute file {str(path)!r} not found")
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if len(lines) < 2:
+        raise DataFormatError(f"{str(path)!r}: expected a count line and an attribute-name line")
+    try:
+        n = int(lines[0].split()[0])
+    except ValueError:
+        raise DataFormatError(f"{str(path)!r}: first line must be the number of images, got {lines[0]!r}") from None
+    names = lines[1].split()
+    rows = lines[2:]
+    if len(rows) != n:
+        raise DataFormatError(f"{str(path)!r}: header says {n} images but {len(rows)} rows follow")
+    files, attrs = [], np.empty((n, len(names)), dtype=np.int8)
+    for i, ln in enumerate(rows):
+        parts = ln.split()
+        if len(parts) != len(names) + 1:
+            raise DataFormatError(f"{str(path)!r} line {i + 3}: expected a file name and {len(names)} "
+                                  f"attributes, got {len(parts)} fields")
+        try:
+            vals = [int(v) for v in parts[1:]]
+        except ValueError:
+            raise DataFormatError(f"{str(path)!r} line {i + 3}: attributes must be -1 or 1") from None
+        if any(v not in (-1, 1) for v in vals):
+            raise DataFormatError(f"{str(path)!r} line {i + 3}: attributes must be -1 or 1, got {sorted(set(vals))}")
+        files.append(parts[0])
+        attrs[i] = vals
+    return names, files, attrs
+
+
+def read_partition(path: str | Path) -> dict[str, int]:
+    """``file name -> partition`` (0 train, 1 valid, 2 test) of ``list_eval_partition.txt``."""
+    out = {}
+    for i, ln in enumerate(Path(path).read_text().splitlines()):
+        if not ln.strip():
+            continue
+        parts = ln.split()
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise DataFormatError(f"{str(path)!r} line {i + 1}: expected '<file> <0|1|2>', got {ln!r}")
+        out[parts[0]] = int(parts[1])
+    return out
+
+
+def _load_image(path: Path, crop: int, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            c = min(crop, w, h)
+            left, top = (w - c) // 2, (h - c) // 2
+            im = im.crop((left, top, left + c, top + c)).resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataFormatError(f"cannot read CelebA image {str(path)!r}: {e}") from e
+
+
+def load_celeba(root: str | Path, split: str = "train", size: int = 64, crop: int = 148,
+                limit: int | None = None, image_dir: str = "img_align_celeba") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """CelebA images ``(N, 3, size, size)``, attributes ``(N, 40)`` in {0, 1} and attribute names.
+
+    ``split``: ``train`` / ``valid`` / ``test`` (needs ``list_eval_partition.txt``) or ``all``.
+    """
+    root = Path(root)
+    names, files, attrs = read_attributes(root / "list_attr_celeba.txt")
+    if split != "all":
+        if split not in _SPLIT:
+            raise ValueError(f"CelebA split must be one of {sorted(_SPLIT)} or 'all', got {split!r}")
+        part_file = root / "list_eval_partition.txt"
+        if not part_file.is_file():
+            raise DataFormatError(f"split {split!r} needs {str(part_file)!r}; pass split='all' without it")
+        part = read_partition(part_file)
+        keep = [i for i, f in enumerate(files) if part.get(f) == _SPLIT[split]]
+        files, attrs = [files[i] for i in keep], attrs[keep]
+    if limit is not None:
+        files, attrs = files[:limit], attrs[:limit]
+    img_dir = root / image_dir
+    if not img_dir.is_dir():
+        raise DataFormatError(f"CelebA image folder {str(img_dir)!r} not found")
+    imgs = np.stack([_load_image(img_dir / f, crop, size) for f in files]) if files else np.zeros((0, size, size, 3), np.uint8)
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(255.0).contiguous()
+    return x, torch.from_numpy((attrs > 0).astype(np.int64)), names
