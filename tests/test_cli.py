@@ -30,3 +30,19 @@ def test_bad_experiment_and_key_are_errors(tmp_path, capsys):
     assert "unknown experiment 'nope'" in capsys.readouterr().err
     assert main(["run", "demo", "--set", "stepz=1", "--out", str(tmp_path / "x")]) == 2
     assert "unknown config key 'stepz'" in capsys.readouterr().err
+
+
+def test_report_rebuilds_and_compares(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out, steps in ((a, "20"), (b, "30")):
+        assert main(["run", "demo", "--quiet", "--set", f"steps={steps}", "--set", "eval_samples=100",
+                     "--out", str(out)]) == 0
+    (a / "report.md").unlink()
+    (a / "loss.png").unlink()
+    capsys.readouterr()
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "cmp.md")]) == 0
+    assert (a / "report.md").exists() and (a / "loss.png").exists()  # rebuilt from the run's data
+    cmp = (tmp_path / "cmp.md").read_text()
+    assert "| steps | 20 | 30 |" in cmp and cmp.count("| unified |") == 2
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "not a run directory" in capsys.readouterr().err

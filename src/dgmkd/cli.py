@@ -1,5 +1,5 @@
-"""The ``dgmkd`` command line: ``dgmkd list`` and ``dgmkd run EXP [--quick] [--config FILE]
-[--set key=value ...] [--out DIR]``."""
+"""The ``dgmkd`` command line: ``dgmkd list``, ``dgmkd run EXP [--quick] [--config FILE]
+[--set key=value ...] [--out DIR] [--quiet]`` and ``dgmkd report RUN_DIR... [--out FILE]``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from . import config as cfgmod
-from . import experiments, rundir
+from . import experiments, report, rundir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--out", help="run directory (default runs/<experiment>-<time>)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    rp = sub.add_parser("report", help="rebuild the reports and plots of run directories and compare them")
+    rp.add_argument("runs", nargs="+", help="run directories written by `dgmkd run`")
+    rp.add_argument("--out", help="write the side-by-side comparison here (default: print it)")
     return p
 
 
@@ -29,6 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "list":
         for name, desc in experiments.describe():
             print(f"{name:20s} {desc}")
+        return 0
+    if args.cmd == "report":
+        try:
+            text = report.compare(args.runs)
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            print(f"dgmkd: error: {e.args[0] if e.args else e}", file=sys.stderr)
+            return 2
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+            print(f"comparison written to {args.out}")
+        else:
+            print(text)
         return 0
     try:
         mod = experiments.get(args.experiment)

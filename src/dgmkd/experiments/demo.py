@@ -65,34 +65,45 @@ def run(cfg: Config, out: Path) -> dict:
         before = _mmd(teacher, student, cfg.eval_samples, cfg.seed + 2)
         every = max(1, cfg.steps // 6)
 
-        def report(step, row, method=method):
+        def log(step, row, method=method):
             if step % every == 0 or step == cfg.steps - 1:
                 tqdm.write(f"  [{method}] step {step:5d}  loss {row['loss']:.4f}")
 
         print(f"{method}: distilling (teacher hidden {cfg.teacher_hidden} -> student hidden {cfg.student_hidden})")
         hist = distill(teacher, student, inputs=cfg.batch, method=method, steps=cfg.steps, lr=cfg.lr,
-                       latent_weight=cfg.latent_weight, seed=cfg.seed, progress=cfg.progress, callback=report)
+                       latent_weight=cfg.latent_weight, seed=cfg.seed, progress=cfg.progress, callback=log)
         after = _mmd(teacher, student, cfg.eval_samples, cfg.seed + 2)
         print(f"  [{method}] MMD^2(teacher y, student y): before {before:.4f}  after {after:.4f}")
         results[method] = {"mmd2_before": before, "mmd2_after": after,
                            "loss_first": hist["loss"][0], "loss_last": hist["loss"][-1]}
         rows += [{"method": method, "step": s, "loss": l} for s, l in zip(hist["step"], hist["loss"])]
     rundir.write_csv(out / "history.csv", rows)
+    rundir.write_json(out / "results.json", results)
+    report(out)
+    return results
+
+
+def report(out: Path) -> str:
+    """(Re)build ``report.md`` and ``loss.png`` from the run's ``results.json`` and ``history.csv``."""
+    import json
+
+    results = json.loads((out / "results.json").read_text())
     lines = ["# Demo: two-latent DGM, data-free distillation", "",
              "| method | first loss | last loss | MMD^2 before | MMD^2 after |", "|---|---|---|---|---|"]
     for m, r in results.items():
         lines.append(f"| {m} | {r['loss_first']:.4f} | {r['loss_last']:.4f} | {r['mmd2_before']:.4f} | {r['mmd2_after']:.4f} |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    _plot(teacher, results, cfg, out)
-    return results
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    _plot(results, out)
+    return text
 
 
-def _plot(teacher, results, cfg, out):
+def _plot(results, out):
+    import csv
+
     import matplotlib
 
     matplotlib.use("Agg")
-    import csv
-
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -1,0 +1,62 @@
+"""Rebuild and compare run directories (``dgmkd report RUN_DIR...``).
+
+Every run directory holds ``config.json`` (the resolved config, with the experiment's name).
+For each run, the experiment module's ``report(run_dir)`` — where it has one — rebuilds
+``report.md`` and the plots from the run's own CSV/JSON files; then the runs are put side by side:
+the config keys that differ between them, and each run's report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import experiments
+
+__all__ = ["rebuild", "compare"]
+
+
+def _config(run: Path) -> dict:
+    path = run / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{str(run)!r} is not a run directory (no config.json)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r} is malformed: {e}") from e
+    if "experiment" not in cfg:
+        raise ValueError(f"{str(path)!r} does not name its experiment")
+    return cfg
+
+
+def rebuild(run: str | Path) -> str:
+    """Rebuild one run's ``report.md`` (and plots) from its data; return the report text."""
+    run = Path(run)
+    cfg = _config(run)
+    mod = experiments.get(cfg["experiment"])
+    if hasattr(mod, "report"):
+        return mod.report(run)
+    path = run / "report.md"
+    if not path.exists():
+        raise FileNotFoundError(f"{str(run)!r} has no report.md and {cfg['experiment']} cannot rebuild one")
+    return path.read_text()
+
+
+def compare(runs: list[str | Path]) -> str:
+    """Markdown: the config keys that differ between ``runs``, then each run's rebuilt report."""
+    runs = [Path(r) for r in runs]
+    cfgs = [_config(r) for r in runs]
+    reports = [rebuild(r) for r in runs]
+    keys = sorted({k for c in cfgs for k in c})
+    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in cfgs}) > 1]
+    lines = [f"# Comparison of {len(runs)} run(s)", ""]
+    if len(runs) > 1:
+        if differ:
+            lines += ["| key | " + " | ".join(r.name for r in runs) + " |", "|---|" + "---|" * len(runs)]
+            lines += [f"| {k} | " + " | ".join(str(c.get(k, "—")) for c in cfgs) + " |" for k in differ]
+        else:
+            lines.append("The configs are identical.")
+        lines.append("")
+    for r, text in zip(runs, reports):
+        lines += [f"## {r}", "", text.strip().replace("\n# ", "\n### "), ""]
+    return "\n".join(lines)
