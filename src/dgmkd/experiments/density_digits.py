@@ -16,7 +16,9 @@ to scikit-learn's bundled 8x8 digits, dequantized with uniform noise and logit-t
 
 Evaluation on 1000 samples each: the teacher log-likelihood of student samples (mode collapse /
 concentration raises it above the teacher's own samples'), and the Fréchet distance between
-student and teacher samples **in pixel space** (64-d; no feature network here — named as such).
+student and teacher samples in pixel space and in the feature space of the project's cached
+digits classifier (:mod:`dgmkd.metrics.features`), and that classifier's class histogram of the
+samples (the share of the most frequent class exposes mode collapse).
 """
 
 from __future__ import annotations
@@ -124,20 +126,27 @@ def run_digits(cfg, out: Path) -> dict:
     n_eval = cfg.eval_samples
     torch.manual_seed(cfg.seed + 5)
     with torch.no_grad():
+        x_ref = teacher.sample(n_eval)  # the reference sample every model is compared with
         t0 = time.perf_counter()
-        x_teacher = teacher.sample(n_eval)
+        x_teacher = teacher.sample(n_eval)  # the teacher's own row: an independent sample, same size
         t_teacher = time.perf_counter() - t0
         ll_teacher = teacher.log_prob(x_teacher)
         pool = teacher.sample(cfg.img_oracle_pool)  # the oracle's (z, T^-1(z)) data set, z = T(x)
+    pix_ref = to_pixels(x_ref, alpha).numpy()
     pix_teacher = to_pixels(x_teacher, alpha).numpy()
     torch.manual_seed(cfg.seed + 6)
     pix_data = to_pixels(dequantize_logit(data, alpha), alpha).numpy()
+    metrics = _FeatureMetrics(pix_ref, pix_data) if cfg.img_cnn_metrics else None
 
-    results = [{"model": "teacher", "teacher_loglik_mean": float(ll_teacher.mean()),
-                "teacher_loglik_std": float(ll_teacher.std()),
-                "fd_pixels_to_teacher": frechet_distance(pix_teacher[: n_eval // 2], pix_teacher[n_eval // 2:]),
-                "fd_pixels_to_data": frechet_distance(pix_teacher, pix_data), "final_loss": float("nan"),
-                "sample_seconds": t_teacher}]
+    def row(model, pix, ll, final_loss, seconds):
+        r = {"model": model, "teacher_loglik_mean": float(ll.mean()), "teacher_loglik_std": float(ll.std()),
+             "fd_pixels_to_teacher": frechet_distance(pix, pix_ref), "fd_pixels_to_data": frechet_distance(pix, pix_data),
+             "final_loss": final_loss, "sample_seconds": seconds}
+        if metrics is not None:
+            r.update(metrics(pix))
+        return r
+
+    results = [row("teacher", pix_teacher, ll_teacher, float("nan"), t_teacher)]
     grids = {"data": pix_data[:64], "teacher": pix_teacher[:64]}
     hist_rows = [{"model": "teacher", "step": s, "value": v} for s, v in zip(th["step"], th["nll"]) if s % 10 == 0]
 
@@ -171,18 +180,47 @@ def run_digits(cfg, out: Path) -> dict:
             ll = teacher.log_prob(xs)
         pix = to_pixels(xs, alpha).numpy()
         grids[name] = pix[:64]
-        results.append({"model": name, "teacher_loglik_mean": float(ll.mean()), "teacher_loglik_std": float(ll.std()),
-                        "fd_pixels_to_teacher": frechet_distance(pix, pix_teacher),
-                        "fd_pixels_to_data": frechet_distance(pix, pix_data),
-                        "final_loss": float(np.mean(h["loss"][-50:])), "sample_seconds": t_s})
+        results.append(row(name, pix, ll, float(np.mean(h["loss"][-50:])), t_s))
         r = results[-1]
-        print(f"  {name:14s} FD(pixels) to teacher {r['fd_pixels_to_teacher']:.3f}  "
+        cnn = (f"  FD(CNN) {r['fd_cnn_to_teacher']:.2f}  top-class {r['top_class_frac']:.2f}"
+               if metrics is not None else "")
+        print(f"  {name:14s} FD(pixels) to teacher {r['fd_pixels_to_teacher']:.3f}{cnn}  "
               f"teacher loglik {r['teacher_loglik_mean']:.1f} (teacher's own {results[0]['teacher_loglik_mean']:.1f})")
 
     rundir.write_csv(out / "digits_results.csv", results)
     rundir.write_csv(out / "digits_history.csv", hist_rows)
     _grid_png(grids, out / "digits_samples.png")
     return {"results": results, "bpd_train": bpd_train, "bpd_val": bpd_val}
+
+
+def pixels_to_images(pix: np.ndarray) -> torch.Tensor:
+    """Map dequantized pixels ``u in [0, 1]`` (intensity ``~ 17 u - 1/2``) to the ``v / 16`` scale of
+    :func:`dgmkd.data.digits.load_digits`, shaped ``(N, 1, 8, 8)`` for the digits-CNN."""
+    t = torch.as_tensor(pix, dtype=torch.float32)
+    return ((17 * t - 0.5) / 16).clamp(0, 1).view(-1, 1, 8, 8)
+
+
+class _FeatureMetrics:
+    """Digits-CNN metrics (:mod:`dgmkd.metrics.features`, the project's cached classifier): Fréchet
+    distance in its 64-d feature space to the teacher's reference samples and to the data, and the
+    class histogram of the samples (mode collapse: the share of the most frequent predicted class,
+    the number of classes holding >= 5 % of the samples)."""
+
+    def __init__(self, pix_ref, pix_data):
+        from ..metrics.features import digits_feature_net
+
+        self.net = digits_feature_net()
+        self.ref, self.data = pixels_to_images(pix_ref), pixels_to_images(pix_data)
+
+    def __call__(self, pix) -> dict:
+        from ..metrics.frechet import frechet_distance as fd
+
+        imgs = pixels_to_images(pix)
+        with torch.no_grad():
+            counts = torch.bincount(self.net.logits(imgs).argmax(1), minlength=10).float() / len(imgs)
+        return {"fd_cnn_to_teacher": float(fd(self.ref, imgs, self.net)),
+                "fd_cnn_to_data": float(fd(self.data, imgs, self.net)),
+                "top_class_frac": float(counts.max()), "classes_ge_5pct": int((counts >= 0.05).sum())}
 
 
 def _grid_png(grids: dict[str, np.ndarray], path: Path):
@@ -209,13 +247,20 @@ def digits_report(summary: dict, cfg) -> list[str]:
              f"units): train {summary['bpd_train']:.3f}, val {summary['bpd_val']:.3f}. Students: IAF "
              f"{cfg.img_student_layers} layers, hidden {cfg.img_student_hidden}, {cfg.img_steps} steps, Adam "
              f"{cfg.img_lr}, {cfg.distance}; noise std for x_recon_noise {cfg.noise_std_img}.", "",
-             "FD = Fréchet distance in **pixel space** (64-d, [0,1]) — not an Inception/feature FD. "
-             "The teacher row's FD-to-teacher is between two halves of its own samples (a noise floor).", "",
-             "| model | teacher log-lik of samples (mean±sd) | FD to teacher samples | FD to data | "
-             "final loss | seconds for samples |", "|---|---|---|---|---|---|"]
+             "FD (pixels) = Fréchet distance of Gaussians fitted to the 64 pixel values in [0, 1]; FD (digits-CNN) "
+             "= Fréchet distance in the 64-d features of the project's cached digits classifier "
+             "(`dgmkd.metrics.features`), not an Inception FID. 'to teacher' compares with a reference sample of "
+             "the teacher; the teacher's own row uses an independent sample of the same size (the noise floor). "
+             "top class = share of samples in the most frequent predicted digit class; classes = number of "
+             "classes with >= 5 % of the samples (mode collapse shows there).", "",
+             "| model | teacher log-lik of samples (mean±sd) | FD pixels → teacher | FD pixels → data | "
+             "FD digits-CNN → teacher | FD digits-CNN → data | top class | classes | final loss | sampling s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["results"]:
+        cnn = (f"{r['fd_cnn_to_teacher']:.2f} | {r['fd_cnn_to_data']:.2f} | {r['top_class_frac']:.2f} | "
+               f"{r['classes_ge_5pct']}" if "fd_cnn_to_teacher" in r else "– | – | – | –")
         lines.append(f"| {r['model']} | {r['teacher_loglik_mean']:.1f}±{r['teacher_loglik_std']:.1f} | "
-                     f"{r['fd_pixels_to_teacher']:.3f} | {r['fd_pixels_to_data']:.3f} | {r['final_loss']:.3f} | "
+                     f"{r['fd_pixels_to_teacher']:.3f} | {r['fd_pixels_to_data']:.3f} | {cnn} | {r['final_loss']:.3f} | "
                      f"{r['sample_seconds']:.3f} |")
     lines += ["", "Sample grids: `digits_samples.png`."]
     return lines

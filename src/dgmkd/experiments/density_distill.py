@@ -77,6 +77,7 @@ class Config:
     img_oracle_pool: int = 20000
     img_grad_clip: float = 10.0
     noise_std_img: float = 0.5      # §4.1.3: "N(0, 0.5)" noise on the encodings
+    img_cnn_metrics: bool = True    # digits-CNN FD and class histogram (trains + caches the CNN once)
 
     def validate(self):
         bad = [l for l in self.losses if l not in density.LOSSES]
