@@ -148,3 +148,24 @@ def test_tiny_run_writes_csv_plots_and_report(tmp_path, capsys):
 def test_cli_lists_toy_chain(capsys):
     assert cli.main(["list"]) == 0
     assert "toy-chain" in capsys.readouterr().out
+
+
+def test_binomial_unified_is_invariant_to_positive_lambda_under_adam():
+    """With discrete latents the surrogate loss reaches only the target's conditional (the inverse
+    CDF is piecewise constant) and each latent conditional gets gradient only from its own
+    lambda-weighted term, so Adam (invariant to a constant gradient scale) follows the same path
+    for every lambda > 0; lambda = 0 leaves the latent conditionals untrained."""
+    t = BinomialTeacherChain(layers=3, total=100)
+    params = {}
+    for lam in (0.0, 0.1, 1.0):
+        torch.manual_seed(0)
+        s = BinomialStudentChain(layers=3, hidden=4, total=100)
+        init = [p.detach().clone() for p in s.parameters()]
+        dgmkd.distill(t, s, inputs=32, method="unified", steps=10, lr=1e-2, latent_weight=lam, seed=0, progress=False)
+        params[lam] = [p.detach().clone() for p in s.parameters()]
+        if lam == 0.0:  # res[0], res[1] (4 tensors each) feed latents z2, z3: untouched; res[2] feeds y
+            assert all(torch.equal(a, b) for a, b in zip(params[lam][:8], init[:8]))
+            assert not all(torch.equal(a, b) for a, b in zip(params[lam][8:], init[8:]))
+    for a, b, c in zip(params[0.1], params[1.0], params[0.0]):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not all(torch.allclose(a, c) for a, c in zip(params[0.1], params[0.0]))
