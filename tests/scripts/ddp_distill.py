@@ -8,13 +8,18 @@ import dgmkd
 from dgmkd import distributed
 from dgmkd.models import MLPDGM
 
-out, batch, steps, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-ckpt = sys.argv[5] if len(sys.argv) > 5 else None
-torch.set_num_threads(1)
-torch.manual_seed(0)  # the same initial models on every rank
-teacher, student = MLPDGM((2, 2), hidden=32), MLPDGM((2, 2), hidden=8)
-hist = dgmkd.distill(teacher, student, batch, steps=steps, lr=1e-2, seed=seed, progress=False, checkpoint=ckpt,
-                     checkpoint_every=5)
-torch.save({"params": torch.cat([p.detach().flatten() for p in student.parameters()]),
-            "loss": torch.tensor(hist["loss"]), "world": distributed.world_size()},
-           f"{out}/rank{distributed.rank()}.pt")
+def main():
+    out, batch, steps, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    ckpt = sys.argv[5] if len(sys.argv) > 5 else None
+    torch.set_num_threads(1)
+    torch.manual_seed(0)  # the same initial models on every rank
+    teacher, student = MLPDGM((2, 2), hidden=32), MLPDGM((2, 2), hidden=8)
+    hist = dgmkd.distill(teacher, student, batch, steps=steps, lr=1e-2, seed=seed, progress=False, checkpoint=ckpt,
+                         checkpoint_every=5)
+    torch.save({"params": torch.cat([p.detach().flatten() for p in student.parameters()]),
+                "loss": torch.tensor(hist["loss"]), "world": distributed.world_size()},
+               f"{out}/rank{distributed.rank()}.pt")
+
+
+if __name__ == "__main__":
+    main()
