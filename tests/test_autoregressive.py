@@ -118,3 +118,28 @@ def test_site_forward_names_latent_and_output():
         m(2, output="nope")
     with pytest.raises(ValueError, match="positive int"):
         m.sample(0)
+
+
+# ----------------------------------------------------------------- WaveNet-style causal-conv teacher
+def test_causal_conv_teacher_is_autoregressive_and_invertible():
+    from dgmkd.models.autoregressive import CausalConvAutoregressive
+
+    L = 12
+    m = CausalConvAutoregressive(L, channels=8, layers=3).double()
+    _randomize(m, 0.2)
+    x = torch.randn(1, L, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: torch.stack(m.conditionals(v)), x)[:, 0, :, 0, :]
+    upper = torch.triu(torch.ones(L, L, dtype=torch.bool))
+    assert jac[:, upper].abs().max() == 0          # conditionals read x_<t only
+    assert jac[0, L - 1, : L - 1].abs().sum() > 0   # ... and do read them
+    # receptive field 2 + (2 - 1)(2^3 - 1) = 9 steps of x_<t: x_{t-10} and earlier are out of reach
+    assert jac[:, L - 1, : L - 1 - 9].abs().max() == 0
+    assert jac[:, L - 1, L - 1 - 9].abs().max() > 0
+    z = torch.randn(16, L, dtype=torch.float64)
+    xs, ld = m.transform(z)
+    z2, ld2 = m.inverse(xs)
+    assert torch.allclose(z, z2, atol=1e-9) and torch.allclose(ld, -ld2, atol=1e-9)
+    jz = torch.autograd.functional.jacobian(lambda v: m.inverse(v[None])[0][0], xs[0])
+    assert torch.allclose(torch.linalg.slogdet(jz).logabsdet, ld2[0], atol=1e-9)
+    with pytest.raises(ValueError, match="length"):
+        CausalConvAutoregressive(0)

@@ -200,7 +200,8 @@ def test_density_distill_experiment_smoke(tmp_path):
         "dims": "3,5", "steps": 40, "repeats": 2, "prop1_samples": 2000, "eval_samples": 200, "smooth": 5,
         "progress": False, "img_teacher_steps": 20, "img_steps": 10, "img_oracle_pool": 128,
         "img_teacher_hidden": "32,32", "img_student_hidden": "16", "img_student_layers": 2,
-        "img_cnn_metrics": False})
+        "img_cnn_metrics": False, "seq_samples": 200, "seq_teacher_steps": 5, "seq_steps": 5,
+        "seq_teacher_channels": 4, "seq_teacher_layers": 2, "seq_oracle_pool": 32, "seq_eval_samples": 20})
     summary = density_distill.run(cfg, tmp_path)
     for f in ("report.md", "results.csv", "expansion.csv", "prop1.csv", "fig2_loglik_hist.png",
               "fig3_expansion_signal.png", "digits_results.csv", "digits_samples.png"):
@@ -213,6 +214,8 @@ def test_density_distill_experiment_smoke(tmp_path):
     for p in summary["linear"]["prop1"]:
         assert abs(p["p_closed_init"] - p["p_mc_init"]) < 5 * p["se_init"] + 1e-3
     assert {r["model"] for r in summary["digits"]["results"]} == {"teacher", *cfg.img_losses}
+    assert {r["model"] for r in summary["sequences"]["results"]} == {"teacher", *cfg.img_losses}
+    assert (tmp_path / "sequences_samples.png").stat().st_size > 0
     assert "| 5 | reverse_kl |" in (tmp_path / "report.md").read_text()
 
 

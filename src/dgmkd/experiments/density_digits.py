@@ -80,6 +80,52 @@ def _batches(data: torch.Tensor, batch: int, alpha: float):
     return draw
 
 
+def fit_teacher(cfg, teacher, sampler, steps: int, lr: float, desc: str) -> dict:
+    """Maximum likelihood (one parallel density pass per batch) through :func:`dgmkd.train`; the
+    teacher is frozen afterwards."""
+    opt = torch.optim.Adam(teacher.parameters(), lr=lr)
+
+    def teacher_step(args, step):
+        (x,) = args
+        nll = -teacher.log_prob(x).mean()
+        opt.zero_grad(set_to_none=True)
+        nll.backward()
+        torch.nn.utils.clip_grad_norm_(teacher.parameters(), 100.0)
+        opt.step()
+        return {"nll": nll.detach()}
+
+    h = train(teacher_step, sampler, steps, state={"teacher": teacher, "optimizer": opt}, seed=cfg.seed,
+              progress=cfg.progress, desc=desc)
+    teacher.eval().requires_grad_(False)
+    return h
+
+
+def distill_student(cfg, name: str, teacher, data_sampler, pool: torch.Tensor, desc: str, steps: int | None = None):
+    """Train a fresh IAF student by loss ``name`` (one of :data:`STUDENT_LOSSES`) with
+    :func:`dgmkd.methods.density.make_step` and :func:`dgmkd.train`. ``data_sampler()`` draws a data
+    batch (x-reconstruction); ``pool`` holds teacher samples (oracle prediction); ``steps``
+    defaults to ``cfg.img_steps``."""
+    if name not in STUDENT_LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(STUDENT_LOSSES)}")
+    torch.manual_seed(cfg.seed + 1)
+    student = IAF(teacher.dim, layers=cfg.img_student_layers, hidden=cfg.img_student_hidden)
+    sopt = torch.optim.Adam(student.parameters(), lr=cfg.img_lr)
+    base = {"x_recon_noise": "x_recon", "oracle": "x_recon"}.get(name, name)
+    noise = cfg.noise_std_img if name == "x_recon_noise" else 0.0
+    step_fn = density.make_step(base, teacher, student, sopt, distance=cfg.distance, noise_std=noise,
+                                grad_clip=cfg.img_grad_clip)
+    if name in ("x_recon", "x_recon_noise"):
+        inputs = data_sampler
+    elif name == "oracle":
+        inputs = lambda: pool[torch.randint(len(pool), (cfg.img_batch,))]  # noqa: E731
+    else:
+        inputs = cfg.img_batch
+    h = train(step_fn, inputs, cfg.img_steps if steps is None else steps, state={"student": student, "optimizer": sopt},
+              seed=cfg.seed,
+              progress=cfg.progress, desc=desc)
+    return student.eval(), h
+
+
 def run_digits(cfg, out: Path) -> dict:
     out = Path(out)
     torch.manual_seed(cfg.seed)
@@ -92,22 +138,9 @@ def run_digits(cfg, out: Path) -> dict:
 
     # ---------------------------------------------------------------- teacher: MLE
     teacher = GaussianAutoregressive(dim, hidden=cfg.img_teacher_hidden)
-    opt = torch.optim.Adam(teacher.parameters(), lr=cfg.img_teacher_lr)
-
-    def teacher_step(args, step):
-        (x,) = args
-        nll = -teacher.log_prob(x).mean()
-        opt.zero_grad(set_to_none=True)
-        nll.backward()
-        torch.nn.utils.clip_grad_norm_(teacher.parameters(), 100.0)
-        opt.step()
-        return {"nll": nll.detach()}
-
     print(f"digits: fitting the autoregressive teacher ({cfg.img_teacher_steps} steps)")
-    th = train(teacher_step, _batches(tr, cfg.img_batch, alpha), cfg.img_teacher_steps,
-               state={"teacher": teacher, "optimizer": opt}, seed=cfg.seed, progress=cfg.progress,
-               desc="digits teacher")
-    teacher.eval().requires_grad_(False)
+    th = fit_teacher(cfg, teacher, _batches(tr, cfg.img_batch, alpha), cfg.img_teacher_steps, cfg.img_teacher_lr,
+                     "digits teacher")
 
     def bits_per_dim(x_int):
         # log-likelihood of the dequantized logit data mapped back to [0, 17) intensity units:
@@ -152,24 +185,8 @@ def run_digits(cfg, out: Path) -> dict:
 
     # ---------------------------------------------------------------- students
     for name in cfg.img_losses:
-        if name not in STUDENT_LOSSES:
-            raise ValueError(f"unknown digits loss {name!r}; choose from {', '.join(STUDENT_LOSSES)}")
-        torch.manual_seed(cfg.seed + 1)
-        student = IAF(dim, layers=cfg.img_student_layers, hidden=cfg.img_student_hidden)
-        sopt = torch.optim.Adam(student.parameters(), lr=cfg.img_lr)
-        base = {"x_recon_noise": "x_recon", "oracle": "x_recon"}.get(name, name)
-        noise = cfg.noise_std_img if name == "x_recon_noise" else 0.0
-        step_fn = density.make_step(base, teacher, student, sopt, distance=cfg.distance, noise_std=noise,
-                                    grad_clip=cfg.img_grad_clip)
-        if name in ("x_recon", "x_recon_noise"):
-            inputs = _batches(tr, cfg.img_batch, alpha)
-        elif name == "oracle":
-            inputs = lambda: pool[torch.randint(len(pool), (cfg.img_batch,))]  # noqa: E731
-        else:
-            inputs = cfg.img_batch
         print(f"digits: distilling with {name} ({cfg.img_steps} steps)")
-        h = train(step_fn, inputs, cfg.img_steps, state={"student": student, "optimizer": sopt}, seed=cfg.seed,
-                  progress=cfg.progress, desc=f"digits {name}")
+        student, h = distill_student(cfg, name, teacher, _batches(tr, cfg.img_batch, alpha), pool, f"digits {name}")
         hist_rows += [{"model": name, "step": s, "value": v} for s, v in zip(h["step"], h["loss"]) if s % 10 == 0]
         student.eval()
         torch.manual_seed(cfg.seed + 5)

@@ -1,7 +1,8 @@
 """``dgmkd run density-distill``: probability density distillation (Huang et al., UAI 2019).
 
-Two parts (``parts=linear,digits``): the linear-Gaussian study below (§3.2, §4.1.1), and the
-digits study of :mod:`dgmkd.experiments.density_digits` (§4.1.2–4.1.3).
+Three parts (``parts=linear,digits,sequences``): the linear-Gaussian study below (§3.2, §4.1.1),
+the digits study of :mod:`dgmkd.experiments.density_digits` (§4.1.2–4.1.3) and the MNIST-1D study
+of :mod:`dgmkd.experiments.density_sequences` (a WaveNet-style teacher).
 
 Linear part.
 
@@ -40,7 +41,7 @@ from ..methods import density
 from ..models.linear_gaussian import LinearGaussian
 from ..train import train
 
-DESCRIPTION = "probability density distillation: reverse KL vs z/x-recon vs oracle, linear-Gaussian + digits (Huang et al.)"
+DESCRIPTION = "probability density distillation: reverse KL vs z/x-recon vs oracle; linear-Gaussian, digits, MNIST-1D (Huang et al.)"
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Config:
     seed: int = 0
     threads: int = 1
     progress: bool = True
-    parts: tuple[str, ...] = ("linear", "digits")
+    parts: tuple[str, ...] = ("linear", "digits", "sequences")
     # digits part (density_digits.py)
     img_losses: tuple[str, ...] = ("reverse_kl", "z_recon", "x_recon", "x_recon_noise", "oracle")
     img_alpha: float = 0.05
@@ -78,6 +79,14 @@ class Config:
     img_grad_clip: float = 10.0
     noise_std_img: float = 0.5      # §4.1.3: "N(0, 0.5)" noise on the encodings
     img_cnn_metrics: bool = True    # digits-CNN FD and class histogram (trains + caches the CNN once)
+    # sequences part (density_sequences.py; students and their optimizer use the img_* settings)
+    seq_samples: int = 5000         # MNIST-1D set size (80/20 train/test)
+    seq_teacher_channels: int = 32
+    seq_teacher_layers: int = 6     # dilations 1..32: receptive field 65 >= 40 steps
+    seq_teacher_steps: int = 3000
+    seq_steps: int = 1500           # student updates (CPU convolutions are slow here; see docs)
+    seq_oracle_pool: int = 5000
+    seq_eval_samples: int = 1000
 
     def validate(self):
         bad = [l for l in self.losses if l not in density.LOSSES]
@@ -89,9 +98,9 @@ class Config:
             raise ValueError(f"dims must be positive, got {self.dims}")
         if self.steps < 1 or self.batch < 1 or self.repeats < 1 or self.signal_every < 1:
             raise ValueError("steps, batch, repeats and signal_every must be >= 1")
-        bad = [p for p in self.parts if p not in ("linear", "digits")]
+        bad = [p for p in self.parts if p not in ("linear", "digits", "sequences")]
         if bad or not self.parts:
-            raise ValueError(f"parts must be a non-empty subset of linear,digits; got {self.parts}")
+            raise ValueError(f"parts must be a non-empty subset of linear,digits,sequences; got {self.parts}")
         from .density_digits import STUDENT_LOSSES
         bad = [l for l in self.img_losses if l not in STUDENT_LOSSES]
         if bad:
@@ -99,7 +108,10 @@ class Config:
 
 
 QUICK = {"steps": 600, "repeats": 2, "signal_every": 2, "smooth": 20, "prop1_samples": 20000,
-         "img_teacher_steps": 600, "img_steps": 300, "img_oracle_pool": 2000, "img_teacher_hidden": "256,256"}
+         "img_teacher_steps": 600, "img_steps": 300, "img_oracle_pool": 2000, "img_teacher_hidden": "256,256",
+         "parts": "linear,digits",  # the sequence part is slow on CPU: try `--quick --set parts=sequences`
+         "seq_samples": 2000, "seq_teacher_steps": 300, "seq_steps": 150, "seq_oracle_pool": 500,
+         "seq_eval_samples": 300}
 
 
 def _teacher(cfg: Config, dim: int, repeat: int) -> LinearGaussian:
@@ -169,6 +181,11 @@ def run(cfg: Config, out: Path) -> dict:
 
         summary["digits"] = run_digits(cfg, out)
         lines += digits_report(summary["digits"], cfg)
+    if "sequences" in cfg.parts:
+        from .density_sequences import run_sequences, sequences_report
+
+        summary["sequences"] = run_sequences(cfg, out)
+        lines += sequences_report(summary["sequences"], cfg)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return summary
 

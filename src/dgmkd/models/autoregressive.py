@@ -46,8 +46,8 @@ from torch.distributions import Independent, Normal
 
 from ..sites import deterministic, latent, target
 
-__all__ = ["MaskedLinear", "MADE", "InvertibleSampler", "GaussianAutoregressive", "soft_clamp",
-           "standard_normal_log_prob"]
+__all__ = ["MaskedLinear", "MADE", "InvertibleSampler", "AutoregressiveGaussian", "GaussianAutoregressive",
+           "CausalConv1d", "CausalConvAutoregressive", "soft_clamp", "standard_normal_log_prob"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -180,25 +180,15 @@ class InvertibleSampler(nn.Module):
         return target("x", Independent(Normal(x, obs_scale * torch.ones_like(x)), 1))
 
 
-class GaussianAutoregressive(InvertibleSampler):
-    """``x_t = mu_t(x_<t) + sigma_t(x_<t) z_t`` with MADE conditionals (Huang et al. §4).
+class AutoregressiveGaussian(InvertibleSampler):
+    """Base of Gaussian-conditional autoregressive models: subclasses implement
+    ``conditionals(x) -> (mu, log_sigma)``, each ``(B, dim)``, with entry ``t`` a function of
+    ``x[:, :t]`` only (teacher forcing: one pass gives every conditional)."""
 
-    ``inverse`` (``T: x -> z``) is one parallel pass; ``transform`` (``T^-1``, sampling) is
-    ``dim`` sequential passes — the cost that distillation into a parallel student removes.
-    ``log_scale_bound`` soft-clamps ``log sigma_t``.
-    """
+    log_scale_bound: float = 8.0
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (256, 256), log_scale_bound: float = 8.0,
-                 activation: type[nn.Module] = nn.ELU):
-        super().__init__()
-        self.dim = int(dim)
-        self.made = MADE(self.dim, hidden, n_params=2, activation=activation)
-        self.log_scale_bound = float(log_scale_bound)
-
-    def conditionals(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu_t(x_<t), log sigma_t(x_<t))`` for every ``t`` in one pass."""
-        out = self.made(x)
-        return out[:, 0], soft_clamp(out[:, 1], self.log_scale_bound)
+    def conditionals(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
 
     def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``T(x) = (x - mu(x)) / sigma(x)`` in one parallel pass, and ``log|det dz/dx| = -sum log sigma``."""
@@ -221,3 +211,69 @@ class GaussianAutoregressive(InvertibleSampler):
             x = torch.cat([x[:, :t], xt[:, None], x[:, t + 1:]], dim=1)
             logdet = logdet + log_sigma[:, t]
         return x, logdet
+
+
+class GaussianAutoregressive(AutoregressiveGaussian):
+    """``x_t = mu_t(x_<t) + sigma_t(x_<t) z_t`` with MADE conditionals (Huang et al. §4).
+
+    ``inverse`` (``T: x -> z``) is one parallel pass; ``transform`` (``T^-1``, sampling) is
+    ``dim`` sequential passes — the cost that distillation into a parallel student removes.
+    ``log_scale_bound`` soft-clamps ``log sigma_t``.
+    """
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (256, 256), log_scale_bound: float = 8.0,
+                 activation: type[nn.Module] = nn.ELU):
+        super().__init__()
+        self.dim = int(dim)
+        self.made = MADE(self.dim, hidden, n_params=2, activation=activation)
+        self.log_scale_bound = float(log_scale_bound)
+
+    def conditionals(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu_t(x_<t), log sigma_t(x_<t))`` for every ``t`` in one pass."""
+        out = self.made(x)
+        return out[:, 0], soft_clamp(out[:, 1], self.log_scale_bound)
+
+
+class CausalConv1d(nn.Conv1d):
+    """A 1-d convolution padded on the left only: output ``t`` reads inputs ``<= t``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation)
+        self.left = (kernel_size - 1) * dilation
+
+    def forward(self, x):
+        return super().forward(nn.functional.pad(x, (self.left, 0)))
+
+
+class CausalConvAutoregressive(AutoregressiveGaussian):
+    """A WaveNet-style Gaussian autoregressive model of sequences of length ``length``.
+
+    The input is shifted right by one step (so position ``t`` sees ``x_<t``), then a causal
+    convolution and ``layers`` gated residual blocks with dilations ``1, 2, 4, ...`` (van den Oord
+    et al. 2016: ``tanh(W_f * h) . sigmoid(W_g * h)``), then a 1x1 convolution to
+    ``(mu_t, log sigma_t)``. The receptive field is ``kernel_size + (kernel_size - 1)(2^layers - 1)``
+    past steps (64 for the defaults).
+    Density and encoding are one parallel pass; sampling is ``length`` passes (Huang et al. §2).
+    """
+
+    def __init__(self, length: int, channels: int = 64, layers: int = 6, kernel_size: int = 2,
+                 log_scale_bound: float = 8.0):
+        super().__init__()
+        if length < 1 or channels < 1 or layers < 0 or kernel_size < 1:
+            raise ValueError("length, channels and kernel_size must be >= 1 and layers >= 0, got "
+                             f"{length}, {channels}, {kernel_size}, {layers}")
+        self.dim = int(length)
+        self.log_scale_bound = float(log_scale_bound)
+        self.inp = CausalConv1d(1, channels, kernel_size)
+        self.filters = nn.ModuleList(CausalConv1d(channels, 2 * channels, kernel_size, 2 ** i) for i in range(layers))
+        self.res = nn.ModuleList(nn.Conv1d(channels, channels, 1) for _ in range(layers))
+        self.out = nn.Sequential(nn.ELU(), nn.Conv1d(channels, 2, 1))
+
+    def conditionals(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shifted = nn.functional.pad(x, (1, 0))[:, :-1].unsqueeze(1)  # position t holds x_{t-1}
+        h = self.inp(shifted)
+        for f, r in zip(self.filters, self.res):
+            a, b = f(h).chunk(2, dim=1)
+            h = h + r(torch.tanh(a) * torch.sigmoid(b))
+        out = self.out(h)
+        return out[:, 0], soft_clamp(out[:, 1], self.log_scale_bound)
