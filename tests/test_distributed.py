@@ -54,3 +54,13 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
     assert saved["rng_all"].shape[0] == 2 and not torch.equal(saved["rng_all"][0], saved["rng_all"][1])
     q0, q1 = _run(tmp_path / "rest", 2, seed=0, ckpt=ck, steps=STEPS)
     assert torch.equal(q0["params"], r0["params"]) and torch.equal(q1["params"], r0["params"])
+
+
+def test_an_experiment_runs_under_torchrun(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dgmkd.cli",
+           "run", "demo", "--quiet", "--set", "steps=20", "--set", "eval_samples=100", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("writing to") == 1  # rank 0 alone reports and writes
+    assert (out / "report.md").exists() and (out / "config.json").exists()

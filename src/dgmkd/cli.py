@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
+import tempfile
+from pathlib import Path
 
 from . import config as cfgmod
-from . import experiments, report, rundir
+from . import distributed, experiments, report, rundir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, cfgmod.ConfigError) as e:
         print(f"dgmkd: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    if distributed.init(getattr(cfg, "device", None)) and not distributed.is_main():
+        # under torchrun every rank runs the experiment; rank 0 alone writes the run directory
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            mod.run(cfg, Path(tmp))
+        return 0
     out = rundir.create(args.experiment, args.out)
     rundir.write_json(out / "config.json", {"experiment": args.experiment, **cfgmod.to_dict(cfg)})
     print(f"dgmkd run {args.experiment}: writing to {out}")

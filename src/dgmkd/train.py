@@ -120,7 +120,7 @@ def check_finite(value: torch.Tensor | float, step: int, name: str = "loss", pat
 def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: dict[str, Any] | None = None,
           checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, resume: bool = True,
           seed: int | None = 0, device=None, progress: bool = True, desc: str = "train",
-          callback: Callable[[int, dict], None] | None = None) -> dict[str, list]:
+          callback: Callable[[int, dict], None] | None = None, data_parallel: bool = False) -> dict[str, list]:
     """Run ``step_fn(args, step) -> metrics`` for ``steps`` steps.
 
     ``state`` maps names to objects with ``state_dict`` / ``load_state_dict`` (modules,
@@ -130,9 +130,12 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
     state, so a killed run resumed ends where an uninterrupted one would. Every metric is checked
     for NaN/inf (:class:`NonFiniteLossError`). Returns the history ``{"step": [...], metric: [...]}``.
 
-    Under ``torchrun`` (see :mod:`dgmkd.distributed`) each rank is seeded with ``seed + rank``, a
-    batch-size ``inputs`` is split over the ranks, metrics are averaged over ranks, and rank 0
-    alone writes checkpoints, which hold every rank's RNG state.
+    Under ``torchrun`` (see :mod:`dgmkd.distributed`) rank 0 alone writes checkpoints, which
+    hold every rank's RNG state, and metrics are averaged over ranks. With ``data_parallel=True``
+    (the step synchronizes gradients itself, e.g. through :func:`dgmkd.distributed.wrap`, as
+    :func:`distill` does) each rank is seeded with ``seed + rank`` and a batch-size ``inputs`` is
+    split over the ranks. With the default ``False`` every rank runs the same computation from the
+    same seed (*replicated*): correct for any step function, but not faster.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -142,7 +145,8 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
     ddp.init(device)
     device = ddp.device_for(device)
     world, rank = ddp.world_size(), ddp.rank()
-    if isinstance(inputs, int) and not isinstance(inputs, bool) and world > 1:
+    seed_offset = rank if data_parallel else 0
+    if data_parallel and isinstance(inputs, int) and not isinstance(inputs, bool) and world > 1:
         inputs = ddp.split_batch(inputs)
     get_args = make_inputs(inputs)
     history: dict[str, list] = {"step": []}
@@ -162,13 +166,13 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
         elif world == 1:
             torch.set_rng_state(saved["rng"])
         else:  # resumed on a different number of processes: continue with fresh per-rank noise
-            torch.manual_seed((seed or 0) + 1000 * int(saved["step"]) + rank)
+            torch.manual_seed((seed or 0) + 1000 * int(saved["step"]) + seed_offset)
         if torch.cuda.is_available() and "cuda_rng" in saved:
             torch.cuda.set_rng_state_all(list(saved["cuda_rng"]))
         history = {k: list(v) for k, v in saved["history"].items()}
         start = int(saved["step"])
     elif seed is not None:
-        torch.manual_seed(seed + rank)
+        torch.manual_seed(seed + seed_offset)
 
     def save(step):
         if not path:
@@ -299,4 +303,5 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
 
     return train(step_fn, inputs, steps, state={"student": student, "optimizer": opt}, checkpoint=checkpoint,
                  checkpoint_every=checkpoint_every, resume=resume, seed=seed, device=device, progress=progress,
-                 desc=f"distill[{method if isinstance(method, str) else 'custom'}]", callback=callback)
+                 desc=f"distill[{method if isinstance(method, str) else 'custom'}]", callback=callback,
+                 data_parallel=distributed)
