@@ -201,3 +201,18 @@ def test_callable_divergence():
     c = dgmkd.couple(t, s, torch.randn(8, 2))
     mine = losses.surrogate(c, lambda p, q: torch.distributions.kl_divergence(p, q))
     assert torch.allclose(mine, losses.surrogate(c, "kl"))
+
+
+def test_shape_mismatch_at_a_deterministic_site_is_named():
+    class F(nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.f = nn.Linear(3, w)
+
+        def forward(self, x):
+            dgmkd.deterministic("h", self.f(x))
+            return dgmkd.target("y", Normal(x.sum(-1), 1.0))
+
+    c = dgmkd.couple(F(4), F(1), torch.randn(5, 3))  # (5, 1) would broadcast against (5, 4)
+    with pytest.raises(dgmkd.SiteMismatchError, match="'h': shape \\(5, 4\\) in the teacher but \\(5, 1\\).*adapter"):
+        losses.latent(c, "l2")

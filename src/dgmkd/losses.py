@@ -36,15 +36,27 @@ import torch
 
 from . import divergences as D
 from .coupling import Coupling, SitePair
+from .handlers import SiteMismatchError
 
 __all__ = ["surrogate", "latent", "unified", "local"]
 
 Divergence = str | Callable
 
 
+def _shape(x) -> torch.Size:
+    return x.shape if isinstance(x, torch.Tensor) else x.batch_shape + x.event_shape
+
+
 def _sum(pairs: Iterable[SitePair], divergence: Divergence, temperature: float = 1.0) -> torch.Tensor:
     total = None
     for p in pairs:
+        if _shape(p.teacher) != _shape(p.student):  # broadcasting would silently compare the wrong things
+            raise SiteMismatchError(
+                f"{p.kind} site {p.name!r}: shape {tuple(_shape(p.teacher))} in the teacher but "
+                f"{tuple(_shape(p.student))} in the student; a divergence needs equal shapes"
+                + (" (map a narrower feature to the teacher's width with an adapter, as FitNets does)"
+                   if p.kind == "deterministic" else "")
+            )
         d = D.site(divergence, p.teacher, p.student, p.value, temperature)
         total = d if total is None else total + d
     return total if total is not None else torch.zeros(())
