@@ -1,0 +1,110 @@
+"""Flow distillation (Walton et al.) in the unified vocabulary: SKD is the surrogate loss with a
+distance at a Delta target, ILKD/LKD the latent loss on deterministic sites."""
+
+import math
+
+import pytest
+import torch
+
+from dgmkd import losses
+from dgmkd.methods.flow_kd import WEIGHTS, FlowSites, couple, evaluate_nll, fit, flow_kd_loss, state_map
+from dgmkd.models.flows import Glow, maf, realnvp
+
+torch.set_num_threads(1)
+
+
+def _pair(kind, dim=4):
+    torch.manual_seed(0)
+    if kind == "maf":
+        return maf(dim, steps=4, hidden=8), maf(dim, steps=2, hidden=8)
+    if kind == "realnvp":
+        return realnvp(dim, steps=6, hidden=8), realnvp(dim, steps=3, hidden=8)
+    t = Glow((dim, 1, 1), levels=1, steps=6, hidden=16, squeeze=False)
+    s = Glow((dim, 1, 1), levels=1, steps=2, hidden=8, squeeze=False)
+    x = torch.randn(64, dim)
+    t.forward_states(x), s.forward_states(x)
+    return t, s
+
+
+def test_state_map_defaults():
+    t, s = _pair("realnvp")
+    assert state_map(t, s) == [(1, 0), (3, 1)]  # every 2nd teacher step; the last is z
+    gt = Glow((1, 8, 8), levels=2, steps=4, hidden=8)
+    gs = Glow((1, 8, 8), levels=2, steps=2, hidden=8)
+    # per level: teacher steps 1, 3 -> student 0, 1 (level 1's output is matched), then level 2
+    assert state_map(gt, gs) == [(1, 0), (3, 1), (5, 2)]
+    assert state_map(gt, gs, every=1) == [(0, 0), (3, 1), (4, 2)]
+    with pytest.raises(ValueError):
+        state_map(gt, Glow((1, 8, 8), levels=1, steps=2, hidden=8))
+
+
+@pytest.mark.parametrize("kind", ["maf", "realnvp", "glow"])
+def test_ilkd_is_the_latent_loss_on_deterministic_sites(kind):
+    t, s = _pair(kind)
+    x = torch.randn(16, 4)
+    pairs = state_map(t, s)
+    c = couple(t, s, x)
+    _, _, ts = t.forward_states(x)
+    zt = t.transform(x)
+    zs, _, ss = s.forward_states(x)
+    direct = sum((ts[a] - ss[b]).abs().sum(1).mean() for a, b in pairs) + (zt - zs).abs().sum(1).mean()
+    torch.testing.assert_close(losses.latent(c, "l1"), direct)
+    torch.testing.assert_close(losses.latent(c, "l1", sites=["z"]), (zt - zs).abs().sum(1).mean())
+    # gradients reach the student only, through the latent loss
+    losses.latent(c, "l1").backward()
+    assert all(p.grad is None for p in t.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.parameters())
+
+
+@pytest.mark.parametrize("kind", ["maf", "glow"])
+def test_skd_is_the_surrogate_loss_with_a_distance(kind):
+    t, s = _pair(kind)
+    T = 0.7
+    c = couple(t, s, None, n_prior=32, temperature=T)
+    eps = c.latents["prior"].noise
+    assert eps.shape == (32, 4)
+    z = T * eps  # the shared prior draw, reparameterized from the shared noise
+    torch.testing.assert_close(c.latents["prior"].value, z)
+    direct = (t.inverse(z) - s.inverse(z)).abs().sum(1).mean()
+    torch.testing.assert_close(losses.surrogate(c, "l1"), direct, atol=1e-5, rtol=1e-5)
+    # identical teacher and student: SKD vanishes
+    c2 = couple(t, t, None, n_prior=8)
+    assert float(losses.surrogate(c2, "l1")) == 0.0
+
+
+def test_multiscale_skd_shares_every_split_latent():
+    torch.manual_seed(0)
+    t, s = Glow((1, 8, 8), levels=2, steps=2, hidden=8), Glow((1, 8, 8), levels=2, steps=1, hidden=8)
+    c = couple(t, s, torch.rand(4, 1, 8, 8) - 0.5, n_prior=4)
+    assert c.latents["prior"].noise.shape == (4, 64)  # both split pieces are in the shared latent
+    zs, _, _ = s.forward_states(s.inverse(c.latents["prior"].value))
+    torch.testing.assert_close(zs, c.latents["prior"].value, atol=1e-4, rtol=1e-4)
+
+
+def test_eq15_combination_and_nll():
+    t, s = _pair("glow")
+    x = torch.randn(16, 4)
+    c = couple(t, s, x, n_prior=16)
+    loss, parts = flow_kd_loss(c, WEIGHTS["skd"])
+    nll = -s.log_prob(x).mean()
+    assert math.isclose(parts["nll"], float(nll), rel_tol=1e-5)
+    expect = 0.85 * parts["nll"] + 0.075 * parts["ilkd"] + 0.075 * parts["skd"]
+    assert math.isclose(float(loss), expect, rel_tol=1e-5)
+    loss_l, _ = flow_kd_loss(c, (1.0, 1.0, 0.0), l1_term="lkd")
+    assert math.isclose(float(loss_l), parts["nll"] + parts["lkd"], rel_tol=1e-5)
+
+
+def test_ilkd_reduces_distance_to_teacher_and_fit_restores_best():
+    torch.manual_seed(0)
+    x = torch.randn(512, 3) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.5]])
+    t = maf(3, steps=4, hidden=16)
+    fit(t, x, 150, lr=3e-3, batch=128)
+    s0, s1 = maf(3, steps=2, hidden=8), maf(3, steps=2, hidden=8)
+    s1.load_state_dict(s0.state_dict())
+    fit(s0, x, 60, lr=3e-3, batch=128, seed=1)
+    h = fit(s1, x, 60, teacher=t, method="ilkd", lr=3e-3, batch=128, seed=1, x_val=x[:128], eval_every=20)
+    d0 = (t.transform(x) - s0.transform(x)).abs().sum(1).mean()
+    d1 = (t.transform(x) - s1.transform(x)).abs().sum(1).mean()
+    assert d1 < d0
+    assert math.isclose(h["best_val"], evaluate_nll(s1, x[:128]), rel_tol=1e-5)
+    assert "ilkd" in h and len(h["ilkd"]) == 60
