@@ -18,6 +18,7 @@ EXPERIMENTS: dict[str, str] = {
     "hvae-compress": "dgmkd.experiments.hvae_compress",
     "toy-chain": "dgmkd.experiments.toy_chain",
     "density-distill": "dgmkd.experiments.density_distill",
+    "flow-kd": "dgmkd.experiments.flow_kd",
 }
 
 
