@@ -19,6 +19,7 @@ EXPERIMENTS: dict[str, str] = {
     "toy-chain": "dgmkd.experiments.toy_chain",
     "density-distill": "dgmkd.experiments.density_distill",
     "flow-kd": "dgmkd.experiments.flow_kd",
+    "avkd": "dgmkd.experiments.avkd",
 }
 
 

@@ -1,0 +1,91 @@
+"""MNIST IDX reader on fixture files written here (plain, gzipped, both naming styles)."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from dgmkd.data import DataFormatError
+from dgmkd.data.mnist import load_mnist, read_idx, write_idx
+
+
+def _write_split(root, prefix, n, seed, gz=False, dotted=False):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, size=n, dtype=np.uint8)
+    for kind, arr, nd in (("images", x, 3), ("labels", y, 1)):
+        name = f"{prefix}-{kind}{'.' if dotted else '-'}idx{nd}-ubyte"
+        path = root / name
+        write_idx(path, arr)
+        if gz:
+            path.with_name(name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+            path.unlink()
+    return x, y
+
+
+def test_idx_header_layout_by_hand(tmp_path):
+    """The bytes of the format itself: magic 0x00000803, big-endian dims, row-major data."""
+    data = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    raw = bytes([0, 0, 0x08, 3]) + struct.pack(">3i", 2, 3, 4) + data.tobytes()
+    (tmp_path / "f").write_bytes(raw)
+    a = read_idx(tmp_path / "f")
+    assert a.shape == (2, 3, 4) and a.dtype == np.uint8 and a[1, 2, 3] == 23
+    # big-endian multi-byte values
+    raw = bytes([0, 0, 0x0C, 1]) + struct.pack(">1i", 2) + struct.pack(">2i", 1, -70000)
+    (tmp_path / "g").write_bytes(raw)
+    assert read_idx(tmp_path / "g").tolist() == [1, -70000]
+    write_idx(tmp_path / "h", data)
+    assert (tmp_path / "h").read_bytes() == bytes([0, 0, 0x08, 3]) + struct.pack(">3i", 2, 3, 4) + data.tobytes()
+
+
+@pytest.mark.parametrize("dt", ["u1", "i1", "i2", "i4", "f4", "f8"])
+def test_idx_roundtrip_dtypes(tmp_path, dt):
+    a = (np.arange(12) - 3).astype(dt).reshape(3, 4) if dt != "u1" else np.arange(12, dtype=dt).reshape(3, 4)
+    write_idx(tmp_path / "a", a)
+    b = read_idx(tmp_path / "a")
+    assert b.dtype == np.dtype(dt) and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("gz,dotted", [(False, False), (True, False), (False, True), (True, True)])
+def test_load_mnist_fixture(tmp_path, gz, dotted):
+    x, y = _write_split(tmp_path, "train", 7, 0, gz, dotted)
+    xt_, yt_ = _write_split(tmp_path, "t10k", 3, 1, gz, dotted)
+    xt, yt = load_mnist(tmp_path, "train")
+    assert xt.shape == (7, 1, 28, 28) and xt.dtype == torch.float32 and yt.dtype == torch.int64
+    assert yt.tolist() == y.tolist()
+    assert float(xt[4, 0, 27, 3]) == pytest.approx(x[4, 27, 3] / 255.0)
+    assert float(xt.max()) <= 1.0 and float(xt.min()) >= 0.0
+    xe, ye = load_mnist(tmp_path, "test")
+    assert xe.shape == (3, 1, 28, 28) and ye.tolist() == yt_.tolist()
+    assert load_mnist(tmp_path, "train", limit=2)[0].shape[0] == 2
+
+
+def test_mnist_errors(tmp_path):
+    with pytest.raises(DataFormatError, match="not found"):
+        load_mnist(tmp_path, "train")
+    with pytest.raises(ValueError, match="split"):
+        load_mnist(tmp_path, "val")
+    _write_split(tmp_path, "train", 4, 0)
+    # truncated image file
+    p = tmp_path / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-5])
+    with pytest.raises(DataFormatError, match="data bytes"):
+        load_mnist(tmp_path, "train")
+    # not an IDX file at all
+    p.write_bytes(b"\x89PNG....")
+    with pytest.raises(DataFormatError, match="not an IDX"):
+        read_idx(p)
+    # unknown type byte
+    p.write_bytes(bytes([0, 0, 0x07, 1]) + struct.pack(">i", 0))
+    with pytest.raises(DataFormatError, match="type byte"):
+        read_idx(p)
+    # images and labels disagree in count
+    write_idx(p, np.zeros((5, 28, 28), np.uint8))
+    with pytest.raises(DataFormatError, match="5 images but 4 labels"):
+        load_mnist(tmp_path, "train")
+    # a damaged gzip
+    (tmp_path / "bad").write_bytes(b"\x1f\x8b" + b"\x00" * 10)
+    with pytest.raises(DataFormatError, match="gzip"):
+        read_idx(tmp_path / "bad")
