@@ -155,3 +155,19 @@ def test_hm_experiment_writes_its_outputs(tmp_path):
     assert all(math.isfinite(r["kl"]) and math.isfinite(r["test_ll"]) for r in res["rows"])
     with pytest.raises(ValueError, match="algorithm"):
         override(mod.Config(), {"algorithm": "foo"})
+
+
+def test_latent_weight_is_immaterial_under_adam_for_binary_latents():
+    # Finding, not a requirement of the paper: with binary latents the surrogate reaches only the
+    # target networks and the latent loss only the Bernoulli networks (disjoint parameters), and
+    # Adam is invariant to a constant scale of a parameter's gradient — so lambda in Eq. (7) does
+    # not change the trained student (up to Adam's epsilon).
+    t = _sharp(seed=7)
+    students = []
+    for lam in (0.1, 10.0):
+        torch.manual_seed(0)
+        s = HelmholtzMachine(2)
+        dgmkd.distill(t, s, 64, "unified", 25, lr=1e-2, latent_weight=lam, seed=0, progress=False)
+        students.append(s)
+    for a, b in zip(students[0].parameters(), students[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-4)
