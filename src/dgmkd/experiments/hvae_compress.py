@@ -291,7 +291,7 @@ def analyze(run_dir: str | Path) -> Path:
              "| model | method | E_q log p(x\\|z) | KL(q(z\\|x) \\|\\| p(z)) |", "|---|---|---|---|",
              f"| teacher | teacher | {float(trec.mean()):.2f} | {float(tkl.mean()):.2f} |"]
     order = {m: i for i, m in enumerate(METHODS)}
-    for (sz, meth), v in sorted(groups.items(), key=lambda kv: (kv[0][0] not in ("1/15",), kv[0][0], order.get(kv[0][1], 9))):
+    for (sz, meth), v in sorted(groups.items(), key=lambda kv: (int(kv[0][0].split("/")[1]), order.get(kv[0][1], 9))):
         lines.append(f"| {sz} | {meth} | {_fmt([a for a, _ in v])} | {_fmt([b for _, b in v])} |")
     path = run_dir / "analysis.md"
     path.write_text("\n".join(lines) + "\n")
