@@ -129,11 +129,11 @@ def test_config_errors_are_clear():
 
 
 def test_tiny_run_writes_csv_plots_and_report(tmp_path, capsys):
-    cfg = tc.Config(layers=(1, 2), seeds=2, steps=15, binomial_steps=5, eval_samples=200, hidden=4,
-                    regime_layers=2, regime_hidden=(0,), regime_steps=(5,), regime_seeds=1)
+    cfg = tc.Config(layers=(1, 2), seeds=1, steps=15, binomial_steps=5, eval_samples=200, hidden=4,
+                    regime_layers=2, regime_hidden=(0,), regime_steps=(5,), regime_seeds=2)
     res = tc.run(cfg, tmp_path)
     n_methods = 3  # local, unified(0), unified(0.1)
-    expected = 2 * 2 * n_methods * 2 + n_methods  # variants x L x methods x seeds + regimes
+    expected = 2 * 2 * n_methods * 1 + n_methods * 2  # variants x L x methods x seeds + regimes x seeds
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == expected == len(res["rows"])
@@ -143,6 +143,11 @@ def test_tiny_run_writes_csv_plots_and_report(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     assert "## gaussian" in report and "## binomial" in report and "DRE against the exact grid KL" in report
     assert str(tmp_path) in capsys.readouterr().out
+    # the report can be rebuilt from the CSV alone (no retraining) and is then identical
+    import json
+    (tmp_path / "config.json").write_text(json.dumps(tc.to_dict(cfg)))
+    tc.rewrite_report(tmp_path)
+    assert (tmp_path / "report.md").read_text() == report
 
 
 def test_cli_lists_toy_chain(capsys):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .. import rundir
-from ..config import ConfigError
+from ..config import ConfigError, to_dict
 from ..handlers import trace
 from ..metrics.grid_kl import discrete_kl, grid_from_samples, propagate_continuous, propagate_discrete, \
     uniform_cell_masses
@@ -75,8 +75,8 @@ class Config:
     progress: bool = False
 
 
-QUICK = {"layers": (1, 4, 8), "seeds": 1, "steps": 150, "binomial_steps": 60, "eval_samples": 1500,
-         "regime_layers": 4, "regime_hidden": (0, 32), "regime_steps": (60, 250), "regime_seeds": 1}
+QUICK = {"layers": (1, 4, 8), "seeds": 1, "steps": 120, "binomial_steps": 40, "eval_samples": 600,
+         "regime_layers": 4, "regime_hidden": (0, 16), "regime_steps": (50, 150), "regime_seeds": 1}
 
 VARIANTS = ("gaussian", "binomial")
 
@@ -400,8 +400,6 @@ def regime_table(summary: list[dict]) -> list[str]:
 
 
 def write_report(rows, summary, cfg: Config, out: Path, elapsed: float, plots) -> None:
-    from ..config import to_dict
-
     lines = ["# Toy chain: marginal KL against depth (Chen et al. 2023, Fig. 2 and Fig. 5)", "",
              f"Written by `dgmkd.experiments.toy_chain` in {elapsed:.0f} s ({len(rows)} training runs).", "",
              "Config: `" + ", ".join(f"{k}={v}" for k, v in to_dict(cfg).items()) + "`", "",
