@@ -126,6 +126,8 @@ def test_config_errors_are_clear():
     with pytest.raises(ConfigError, match="lambdas"):
         tc._validate(tc.Config(lambdas=(-1.0,)))
     assert cli.main(["run", "toy-chain", "--set", "variant=poisson", "--out", "/nonexistent/x"]) == 2
+    assert cli.main(["run", "toy-chain", "--set", "hidden=-1", "--out", "/nonexistent/x"]) == 2
+    assert cli.main(["run", "toy-chain", "--set", "regime_steps=0", "--out", "/nonexistent/x"]) == 2
 
 
 def test_tiny_run_writes_csv_plots_and_report(tmp_path, capsys):

@@ -74,6 +74,10 @@ class Config:
     regime_seeds: int = 2
     progress: bool = False
 
+    def validate(self) -> None:
+        """Called by :func:`dgmkd.config.override`, so ``--set`` mistakes stop before any work."""
+        _validate(self)
+
 
 QUICK = {"layers": (1, 4, 8), "seeds": 1, "steps": 120, "binomial_steps": 40, "eval_samples": 600,
          "regime_layers": 4, "regime_hidden": (0, 16), "regime_steps": (50, 150), "regime_seeds": 1}
