@@ -160,3 +160,17 @@ def test_compare_suite_on_features():
     for k in ("fd", "emd", "mmd2"):
         assert far[k] > same[k], k
     assert abs(same["nn1"] - 0.5) < 0.1 and far["nn1"] > 0.9
+
+
+def test_inception_fid_needs_local_weights(tmp_path):
+    from dgmkd.metrics import inception_fid
+
+    imgs = torch.rand(4, 3, 8, 8)
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        inception_fid(imgs, imgs, tmp_path / "missing.pth")
+    (tmp_path / "w.pth").write_bytes(b"x")
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="torch-fidelity"):
+            inception_fid(imgs, imgs, tmp_path / "w.pth")
