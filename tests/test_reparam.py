@@ -157,3 +157,11 @@ def test_register_user_type():
     assert reparam.noise_law(d) == "standard_uniform"
     with pytest.raises(TypeError):
         reparam.register("not a type", lambda d: 0, lambda d, e: 0)
+
+
+def test_count_quantiles_at_the_edges():
+    u = torch.tensor([0.0, 0.5, 1 - 1e-7])  # torch.rand can return exactly 0
+    assert reparam.transform(Binomial(10, torch.zeros(3)), u).tolist() == [0, 0, 0]
+    assert reparam.transform(Binomial(10, torch.ones(3)), u).tolist() == [10, 10, 10]
+    assert reparam.transform(Binomial(torch.tensor([0.0, 4.0, 4.0]), torch.full((3,), 0.5)), u).tolist() == [0, 2, 4]
+    assert reparam.transform(Poisson(torch.full((3,), 2.0)), u).tolist()[0] == 0

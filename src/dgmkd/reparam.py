@@ -35,7 +35,6 @@ Example — registering a user type:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -233,44 +232,28 @@ def _one_hot(d: OneHotCategorical, u):
     return torch.nn.functional.one_hot(idx, probs.shape[-1]).to(probs.dtype)
 
 
-def _count_quantile(log_pmf: Callable[[torch.Tensor], torch.Tensor], upper: int, u: torch.Tensor) -> torch.Tensor:
-    """Smallest k in 0..upper with F(k) > u, by summing the pmf on the support (float64)."""
-    ks = torch.arange(upper + 1, device=u.device, dtype=torch.float64).reshape((-1,) + (1,) * u.dim())
-    pmf = log_pmf(ks).to(torch.float64).exp()
-    cdf = pmf.cumsum(0)
-    k = (cdf <= u.to(torch.float64).unsqueeze(0)).sum(0)
-    return k.clamp_(max=upper)
+def _ppf(dist_ppf: Callable, u: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    """Smallest k with F(k) >= u by scipy's exact discrete quantile functions (on the CPU).
+
+    ``u`` is clamped away from 0 (``torch.rand`` can return 0, where scipy answers ``-1``); the
+    quantile coupling is unchanged except on a set of probability zero.
+    """
+    uu = u.detach().to(torch.float64).clamp(min=torch.finfo(torch.float64).tiny).cpu().numpy()
+    args = [q.detach().to(torch.float64).cpu().numpy() for q in params]
+    return torch.from_numpy(dist_ppf(uu, *args)).to(u.device)
 
 
 def _binomial(d: Binomial, u):
-    n = d.total_count.detach()
-    upper = int(n.max().item()) if n.numel() else 0
-    p = d.probs.detach().to(torch.float64)
-    nn_ = n.to(torch.float64).expand_as(p)
+    from scipy.stats import binom
 
-    def log_pmf(k):
-        valid = k <= nn_
-        kk = torch.minimum(k, nn_)
-        lp = (torch.lgamma(nn_ + 1) - torch.lgamma(kk + 1) - torch.lgamma(nn_ - kk + 1)
-              + kk * torch.log(p) + (nn_ - kk) * torch.log1p(-p))
-        lp = torch.nan_to_num(lp, nan=-math.inf)
-        # p in {0, 1}: the pmf is a point mass
-        lp = torch.where(p == 0, torch.where(kk == 0, 0.0, -math.inf), lp)
-        lp = torch.where(p == 1, torch.where(kk == nn_, 0.0, -math.inf), lp)
-        return torch.where(valid, lp, torch.full_like(lp, -math.inf))
-
-    return _count_quantile(log_pmf, upper, u).to(d.probs.dtype)
+    n = d.total_count.expand_as(d.probs)
+    return _ppf(binom.ppf, u, n, d.probs).to(d.probs.dtype)
 
 
 def _poisson(d: Poisson, u):
-    rate = d.rate.detach().to(torch.float64)
-    rmax = float(rate.max().item()) if rate.numel() else 0.0
-    upper = int(rmax + 12 * math.sqrt(rmax) + 30)
+    from scipy.stats import poisson
 
-    def log_pmf(k):
-        return torch.xlogy(k, rate) - rate - torch.lgamma(k + 1)
-
-    return _count_quantile(log_pmf, upper, u).to(d.rate.dtype)
+    return _ppf(poisson.ppf, u, d.rate).to(d.rate.dtype)
 
 
 def _geometric(d: Geometric, u):
