@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/dgmkd run demo --quick
+	$(VENV)/bin/dgmkd run hvae-compress --quick
 
 test: setup
 	$(PY) -m pytest -q
