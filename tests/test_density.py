@@ -116,7 +116,7 @@ def test_all_losses_vanish_at_the_teacher_and_not_elsewhere():
     x = t.sample(256)
     for name in density.LOSSES:
         assert abs(float(density.loss(name, t, same, z=z, x=x).detach())) < 1e-8
-        assert float(density.loss(name, t, s, z=z, x=x)) > 0.1
+        assert float(density.loss(name, t, s, z=z, x=x).detach()) > 0.1
 
 
 # ----------------------------------------------------------------- Proposition 1
