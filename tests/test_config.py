@@ -47,3 +47,16 @@ def test_config_files(tmp_path):
         load_file(C(), tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="does not exist"):
         load_file(C(), tmp_path / "none.json")
+
+
+def test_an_experiments_own_validation_becomes_a_config_error():
+    @dataclass
+    class V:
+        algorithm: str = "ws"
+
+        def validate(self):
+            if self.algorithm not in ("ws", "rws"):
+                raise ValueError(f"algorithm must be 'ws' or 'rws', got {self.algorithm!r}")
+
+    with pytest.raises(ConfigError, match="algorithm must be 'ws' or 'rws', got 'xx'"):
+        override(V(), ["algorithm=xx"])

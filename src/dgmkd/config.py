@@ -103,7 +103,12 @@ def override(cfg, sets: list[str] | dict[str, Any]):
     new = dataclasses.replace(cfg, **changes)
     validate = getattr(new, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:  # an experiment's own check of its values
+            raise ConfigError(f"{type(cfg).__name__}: {e}") from e
     return new
 
 
