@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, str] = {
     "density-distill": "dgmkd.experiments.density_distill",
     "flow-kd": "dgmkd.experiments.flow_kd",
     "avkd": "dgmkd.experiments.avkd",
+    "continual": "dgmkd.experiments.continual",
 }
 
 

@@ -1,3 +1,4 @@
 """Distillation methods built on the core: each composes sites, couplings and losses with its own
 objectives (see DESIGN.md §1). Import the submodules directly, e.g. ``dgmkd.methods.density``.
-``dgmkd.methods.flow_kd``: normalizing-flow distillation (LKD, ILKD, SKD; Walton et al.)."""
+``dgmkd.methods.flow_kd``: normalizing-flow distillation (LKD, ILKD, SKD; Walton et al.).
+``dgmkd.methods.continual``: KD-based VAE continual learning (unified, local, LGM- and CURL-style replay)."""

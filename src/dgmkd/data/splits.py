@@ -1,0 +1,77 @@
+"""Two-part splits of the embedded digits for continual learning (Chen et al. 2023, §4.4).
+
+The paper splits CelebA by an attribute (Female -> Male, No Beard -> Beard, No Eyeglasses ->
+Eyeglasses); here the three splits of the 8x8 digits play that role:
+
+* ``"0-4>5-9"``: digits 0–4 (old) then 5–9 (new);
+* ``"even>odd"``: even digits (old) then odd digits (new);
+* ``"thin>thick"``: strokes thinner than the median ink mass (old) then the rest (new). The ink
+  mass is the sum of an image's pixel values; the median is taken over the *training* split and
+  the same threshold is applied to the test split, so both are split by one rule.
+
+Each part is a subset of :func:`dgmkd.data.digits_split` (same fixed train/test permutation); the
+two parts partition it. CelebA users get the attribute splits from
+:func:`dgmkd.data.load_celeba` with their own files (:func:`attribute_split`).
+
+Example:
+    >>> from dgmkd.data.splits import continual_split
+    >>> (xo, yo), (xn, yn) = continual_split("even>odd", "train")
+    >>> bool((yo % 2 == 0).all()), bool((yn % 2 == 1).all()), len(xo) + len(xn)
+    (True, True, 1438)
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["SPLITS", "continual_split", "ink_threshold", "split_mask", "attribute_split"]
+
+SPLITS = ("0-4>5-9", "even>odd", "thin>thick")
+
+
+def ink_threshold(binarize: bool = False) -> float:
+    """The median ink mass (sum of pixels) of the digits' training split."""
+    from .digits import digits_split
+
+    x, _ = digits_split("train", binarize=binarize)
+    return float(x.flatten(1).sum(-1).median())
+
+
+def split_mask(name: str, x: torch.Tensor, y: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    """Boolean ``(N,)`` mask of the *new* part (condition 1) of images ``x`` with labels ``y``."""
+    if name == "0-4>5-9":
+        return y >= 5
+    if name == "even>odd":
+        return y % 2 == 1
+    if name == "thin>thick":
+        if threshold is None:
+            raise ValueError("the thin>thick split needs the ink threshold (see ink_threshold)")
+        return x.flatten(1).sum(-1) >= threshold
+    raise ValueError(f"unknown split {name!r}; choose from {SPLITS}")
+
+
+def continual_split(name: str, split: str = "train", binarize: bool = False):
+    """``((x_old, y_old), (x_new, y_new))``: the two parts of the digits' ``split`` ("train" or
+    "test") under the continual-learning split ``name`` (one of :data:`SPLITS`)."""
+    from .digits import digits_split
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    x, y = digits_split(split, binarize=binarize)
+    thr = ink_threshold(binarize) if name == "thin>thick" else None
+    new = split_mask(name, x, y, thr)
+    return (x[~new], y[~new]), (x[new], y[new])
+
+
+def attribute_split(x: torch.Tensor, attributes: torch.Tensor, names: list[str], attribute: str,
+                    negate: bool = False):
+    """CelebA-style split: ``(x_old, x_new)`` with ``x_new`` the images whose column ``attribute``
+    is 1 (``negate=True``: is 0). ``attributes`` is the 0/1 matrix of :func:`dgmkd.data.load_celeba`
+    and ``names`` its column names. The paper's three: ``"Male"`` (Female -> Male), ``"No_Beard",
+    negate=True`` (No Beard -> Beard), ``"Eyeglasses"`` (No Eyeglasses -> Eyeglasses)."""
+    if attribute not in names:
+        raise KeyError(f"attribute {attribute!r} not among {names}")
+    new = attributes[:, names.index(attribute)].bool()
+    if negate:
+        new = ~new
+    return x[~new], x[new]

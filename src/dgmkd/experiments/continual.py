@@ -1,0 +1,324 @@
+"""KD-based VAE continual learning (Chen et al., CVPR 2023, §4.4, Table 2) on the embedded digits.
+
+For each split (:mod:`dgmkd.data.splits`: ``0-4>5-9``, ``even>odd``, ``thin>thick``) and seed:
+
+1. step 0: a conditional ladder VAE ``M_old`` (:class:`~dgmkd.models.cond_hvae.CondLadderVAE`) is
+   trained with the ELBO (KL warm-up) on the old part of the training images, condition 0;
+2. step 1: for each method, ``M_new`` starts as a copy of ``M_old`` and trains on the new part only
+   (condition 1) with ``(1 - r) L_pre + r L_new`` (:mod:`dgmkd.methods.continual`: ``unified``,
+   ``local``, ``lgm``, ``curl``; optional ``finetune`` = ``r = 1``, no ``L_pre``, the
+   catastrophic-forgetting reference). ``r`` defaults to the new part's share of the training
+   images.
+
+Metrics (Table 2 layout): FD / EMD / MMD² / 1NN on the cached digits CNN's features
+(:func:`dgmkd.metrics.features.compare`; FD is a Fréchet distance in that feature space, not an
+Inception FID). "Old": samples of condition 0 against the held-out old images; "New": samples of
+condition 1 against the held-out new images; as many samples as held-out images. Old cells show
+``value(±delta)`` with delta the change from ``M_old`` before step 1 (same seed, same evaluation
+noise). Lower is better everywhere (1NN: 0.5 ideal).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import rundir
+
+DESCRIPTION = "Table 2: KD-based VAE continual learning on digit splits (unified vs local vs LGM vs CURL replay)"
+
+METHODS = ("unified", "local", "lgm", "curl", "finetune")
+METRICS = (("fd", "FD"), ("emd", "EMD"), ("mmd2", "MMD²"), ("nn1", "1NN"))
+
+
+@dataclass
+class Config:
+    splits: tuple[str, ...] = ("0-4>5-9", "even>odd", "thin>thick")
+    methods: tuple[str, ...] = ("unified", "local", "lgm", "curl")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    width: int = 16
+    latent_dims: tuple[int, ...] = (16, 12, 8, 6, 4)
+    sigma: float = 0.1
+    batch: int = 128
+    old_steps: int = 1500
+    old_lr: float = 1e-3
+    warmup: int = 500
+    new_steps: int = 600
+    new_lr: float = 1e-3
+    r: float = 0.0                  # weight of L_new; 0 = the new part's share of the training images
+    latent_weight: float = 0.1
+    latent_divergence: str = "w2"   # w2 (paper's code) | kl
+    consistency_weight: float = 1.0  # lgm
+    grid: int = 6                   # sample grids: grid x grid images per condition
+    threads: int = 1
+    progress: bool = True
+
+
+QUICK = {"splits": ("0-4>5-9",), "seeds": (0,), "old_steps": 500, "warmup": 150, "new_steps": 200,
+         "methods": ("unified", "local", "lgm", "curl", "finetune")}
+
+
+def _slug(split: str) -> str:
+    return split.replace(">", "_to_")
+
+
+def _model(cfg: Config):
+    from ..models.cond_hvae import CondLadderVAE
+
+    return CondLadderVAE(num_conditions=2, image_size=8, channels=1, width=cfg.width,
+                         latent_dims=cfg.latent_dims, sigma=cfg.sigma)
+
+
+@torch.no_grad()
+def _samples(model, n: int, c: int, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    model.eval()
+    return model.sample(n, mean=True, c=c)
+
+
+def _metrics(model, x_test: torch.Tensor, c: int, net, seed: int):
+    from ..metrics.features import compare
+
+    s = _samples(model, len(x_test), c, seed)
+    m = compare(x_test, s, net)
+    return {k: m[k] for k, _ in METRICS}, s
+
+
+def _grids_png(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path, n: int, title: str):
+    """One row per model: old-condition and new-condition sample grids."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def grid(x):
+        x = torch.nn.functional.pad(x[: n * n].clamp(0, 1), (0, 1, 0, 1), value=0.5)
+        c, h, w = x.shape[1:]
+        return x.reshape(n, n, c, h, w).permute(0, 3, 1, 4, 2).reshape(n * h, n * w, c)[..., 0].numpy()
+
+    fig, axes = plt.subplots(len(panels), 2, figsize=(4.2, 2.1 * len(panels) + 0.3), squeeze=False)
+    for row, (name, old, new) in zip(axes, panels):
+        for ax, x, cond in ((row[0], old, "old (c=0)"), (row[1], new, "new (c=1)")):
+            if x is not None:
+                ax.imshow(grid(x), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(f"{name}: {cond}", fontsize=7)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: Config, out: Path) -> dict:
+    from ..data.splits import SPLITS, continual_split
+    from ..methods.continual import train_continual
+    from ..metrics.features import digits_feature_net
+    from ..models.cond_hvae import train_cond_elbo
+
+    bad = set(cfg.methods) - set(METHODS)
+    if bad:
+        raise ValueError(f"unknown methods {sorted(bad)}; choose from {METHODS}")
+    bad = set(cfg.splits) - set(SPLITS)
+    if bad:
+        raise ValueError(f"unknown splits {sorted(bad)}; choose from {SPLITS}")
+    if cfg.latent_divergence not in ("w2", "kl"):
+        raise ValueError(f"latent_divergence must be w2 or kl, got {cfg.latent_divergence!r}")
+    torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    net = digits_feature_net()
+    rows, timing = [], {"old_s": 0.0, "new_s": 0.0, "eval_s": 0.0}
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    for split in cfg.splits:
+        (xo, _), (xn, _) = continual_split(split, "train")
+        (to, _), (tn, _) = continual_split(split, "test")
+        r = cfg.r or len(xn) / (len(xo) + len(xn))
+        for seed in cfg.seeds:
+            t0 = time.time()
+            torch.manual_seed(seed)
+            old = _model(cfg)
+            print(f"{split} seed {seed}: M_old ({old.num_parameters():,} params) on {len(xo)} old images, "
+                  f"{cfg.old_steps} ELBO steps")
+            train_cond_elbo(old, xo, cfg.old_steps, c=0, batch=cfg.batch, lr=cfg.old_lr, warmup=cfg.warmup,
+                            seed=seed, progress=cfg.progress, desc=f"M_old {split}",
+                            checkpoint=out / "models" / f"old_{_slug(split)}_seed{seed}.ckpt",
+                            checkpoint_every=max(1, cfg.old_steps // 3))
+            old.eval().requires_grad_(False)
+            timing["old_s"] += time.time() - t0
+            t0 = time.time()
+            base_old, s_old = _metrics(old, to, 0, net, 10_000 + seed)
+            timing["eval_s"] += time.time() - t0
+            rows.append({"split": split, "method": "M_old", "seed": seed, "r": r, "n_old": len(xo), "n_new": len(xn),
+                         **{f"old_{k}": v for k, v in base_old.items()},
+                         **{f"new_{k}": float("nan") for k, _ in METRICS},
+                         **{f"dold_{k}": 0.0 for k, _ in METRICS}, "train_s": float("nan")})
+            panels = [("M_old", s_old, None)]
+            for method in cfg.methods:
+                t0 = time.time()
+                new = copy.deepcopy(old)
+                print(f"{split} seed {seed}: step 1 with {method} (r = {r:.3f}) on {len(xn)} new images")
+                h = train_continual(old, new, xn, "curl" if method == "finetune" else method, cfg.new_steps,
+                                    r=1.0 if method == "finetune" else r, batch=cfg.batch, lr=cfg.new_lr,
+                                    latent_weight=cfg.latent_weight, latent_divergence=cfg.latent_divergence,
+                                    consistency_weight=cfg.consistency_weight, seed=100 + seed,
+                                    progress=cfg.progress, desc=f"{method} {split}")
+                train_s = time.time() - t0
+                timing["new_s"] += train_s
+                t0 = time.time()
+                mo, so = _metrics(new, to, 0, net, 10_000 + seed)
+                mn, sn = _metrics(new, tn, 1, net, 20_000 + seed)
+                timing["eval_s"] += time.time() - t0
+                rows.append({"split": split, "method": method, "seed": seed, "r": r, "n_old": len(xo), "n_new": len(xn),
+                             **{f"old_{k}": v for k, v in mo.items()}, **{f"new_{k}": v for k, v in mn.items()},
+                             **{f"dold_{k}": mo[k] - base_old[k] for k, _ in METRICS},
+                             "final_l_new": h["l_new"][-1], "final_l_pre": h["l_pre"][-1], "train_s": train_s})
+                torch.save(new.state_dict(), out / "models" / f"new_{_slug(split)}_{method}_seed{seed}.pt")
+                panels.append((method, so, sn))
+                print("   old " + "  ".join(f"{n} {mo[k]:.3f}({mo[k] - base_old[k]:+.3f})" for k, n in METRICS)
+                      + " | new " + "  ".join(f"{n} {mn[k]:.3f}" for k, n in METRICS))
+            if seed == cfg.seeds[0]:
+                _grids_png(panels, out / f"samples_{_slug(split)}.png", cfg.grid,
+                           f"{split}, seed {seed}: samples after step 1 (decoder means)")
+            timing["total_s"] = time.time() - t_start
+            rundir.write_csv(out / "results.csv", rows)
+            rundir.write_json(out / "timing.json", timing)
+            report(out, quiet=True)
+    timing["total_s"] = time.time() - t_start
+    rundir.write_json(out / "timing.json", timing)
+    text = report(out)
+    print(text)
+    return {"rows": rows, "timing": timing}
+
+
+# ---------------------------------------------------------------------------------------- report
+def _load(out: Path):
+    import csv
+    import json
+
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            if k not in ("split", "method"):
+                try:
+                    r[k] = float(v)
+                except (TypeError, ValueError):
+                    pass
+    timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else {}
+    cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    return rows, timing, cfg
+
+
+def _mean(rows, key):
+    v = [r[key] for r in rows if isinstance(r.get(key), float) and not math.isnan(r[key])]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _f(v: float) -> str:
+    return "-" if math.isnan(v) else (f"{v:.2f}" if abs(v) >= 10 else f"{v:.3f}")
+
+
+def _groups(rows):
+    g: dict[tuple[str, str], list] = {}
+    for r in rows:
+        g.setdefault((r["split"], r["method"]), []).append(r)
+    return g
+
+
+def table(rows) -> list[str]:
+    """Table 2 layout: per split and method, Old(±delta) and New columns of each metric (means)."""
+    head = "| split | method | " + " | ".join(f"{n} Old | {n} New" for _, n in METRICS) + " | seeds |"
+    lines = [head, "|" + "---|" * (3 + 2 * len(METRICS))]
+    for (split, method), rs in _groups(rows).items():
+        cells = []
+        for k, _ in METRICS:
+            o, d, n = _mean(rs, f"old_{k}"), _mean(rs, f"dold_{k}"), _mean(rs, f"new_{k}")
+            cells += [f"{_f(o)}({d:+.3f})" if method != "M_old" else _f(o), _f(n)]
+        lines.append(f"| {split} | {method} | " + " | ".join(cells) + f" | {len(rs)} |")
+    return lines
+
+
+def std_table(rows) -> list[str]:
+    head = "| split | method | " + " | ".join(f"{n} Old Δ | {n} New" for _, n in METRICS) + " |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(METRICS))]
+    for (split, method), rs in _groups(rows).items():
+        if method == "M_old":
+            continue
+        cells = []
+        for k, _ in METRICS:
+            for key in (f"dold_{k}", f"new_{k}"):
+                v = [r[key] for r in rs]
+                cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}")
+        lines.append(f"| {split} | {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def goal_check(rows) -> tuple[list[str], bool]:
+    """Per split and metric: does ``unified`` have the smallest Old degradation (mean delta) of the
+    four paper methods, and is its New value within 10% of the best of them (``<= best +
+    0.1 |best|``)?"""
+    g = _groups(rows)
+    lines, ok_all = [], True
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    for split in splits:
+        ms = [m for m in ("unified", "local", "lgm", "curl") if (split, m) in g]
+        if "unified" not in ms or len(ms) < 2:
+            continue
+        old_wins, new_ok = [], []
+        for k, name in METRICS:
+            d = {m: _mean(g[(split, m)], f"dold_{k}") for m in ms}
+            n = {m: _mean(g[(split, m)], f"new_{k}") for m in ms}
+            if min(d, key=d.get) == "unified":
+                old_wins.append(name)
+            best = min(n.values())
+            if n["unified"] <= best + 0.1 * abs(best):
+                new_ok.append(name)
+        ok = len(old_wins) == len(METRICS) and len(new_ok) == len(METRICS)
+        ok_all &= ok
+        lines.append(f"- {split}: unified has the smallest Old degradation on {old_wins or 'none'} "
+                     f"of {len(METRICS)}; New within 10% of the best on {new_ok or 'none'} -> "
+                     f"{'MET' if ok else 'NOT MET'}")
+    return lines, ok_all
+
+
+def report(out: str | Path, quiet: bool = False) -> str:
+    """(Re)build ``report.md`` from the run's ``results.csv``, ``timing.json`` and ``config.json``."""
+    out = Path(out)
+    rows, timing, cfg = _load(out)
+    check, ok = goal_check(rows)
+    seeds = sorted({int(r["seed"]) for r in rows})
+    rs = {(r["split"], round(r["r"], 3)) for r in rows}
+    lines = [
+        "# KD-based VAE continual learning on the digits (Table 2 of Chen et al. 2023)", "",
+        f"Conditional ladder VAE (width {cfg.get('width', '?')}, latents {cfg.get('latent_dims', '?')}, "
+        f"Gaussian decoder sigma {cfg.get('sigma', '?')}). M_old: {cfg.get('old_steps', '?')} ELBO steps "
+        f"(warm-up {cfg.get('warmup', '?')}) on the old part, condition 0. Step 1: {cfg.get('new_steps', '?')} "
+        f"steps of (1 - r) L_pre + r L_new on the new part, condition 1, lr {cfg.get('new_lr', '?')}, batch "
+        f"{cfg.get('batch', '?')}; r per split = " + ", ".join(f"{s}: {v}" for s, v in sorted(rs)) + ". "
+        f"unified: latent weight {cfg.get('latent_weight', '?')}, latent divergence "
+        f"{cfg.get('latent_divergence', '?')}; lgm: consistency weight {cfg.get('consistency_weight', '?')}. "
+        f"Seeds {seeds}; cells are means over seeds.", "",
+        "Metrics on the cached digits-CNN features (FD is a Fréchet distance in that space, not an Inception "
+        "FID). Old: condition-0 samples vs the held-out old images; New: condition-1 samples vs the held-out "
+        "new images (as many samples as held-out images; decoder means). Old cells: value(±change from M_old "
+        "before step 1). Lower is better (1NN: 0.5 ideal). MMD² is the unbiased estimate (can be < 0).", "",
+        *table(rows), "",
+        "Mean ± std over seeds of the Old change and of the New value:", "",
+        *std_table(rows), "",
+        "Goal (unified: smallest Old degradation of the four methods, New within 10% of the best), per split "
+        "and metric:", *check, f"- overall: {'MET' if ok else 'NOT MET'}", "",
+    ]
+    if timing:
+        lines.append(f"Wall time: {timing.get('total_s', float('nan')) / 60:.1f} min (M_old "
+                     f"{timing.get('old_s', 0) / 60:.1f}, step 1 {timing.get('new_s', 0) / 60:.1f}, evaluation "
+                     f"{timing.get('eval_s', 0) / 60:.1f}) with {cfg.get('threads', 1)} thread(s).")
+    lines += ["", "Sample grids (first seed): " + ", ".join(
+        f"samples_{_slug(s)}.png" for s in dict.fromkeys(r["split"] for r in rows)) + "."]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
