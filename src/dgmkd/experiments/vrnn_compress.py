@@ -114,6 +114,7 @@ class _FeatureView(nn.Module):
 
 
 def train_classifier(data: dict, steps: int, seed: int, progress: bool) -> tuple[SeqCNN, float]:
+    torch.manual_seed(seed)
     net = SeqCNN(data["x"].shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
