@@ -46,8 +46,8 @@ class Config:
     latent_dims: tuple[int, ...] = (16, 12, 8, 6, 4)
     sigma: float = 0.1
     batch: int = 128
-    old_steps: int = 1500
-    old_lr: float = 1e-3
+    old_steps: int = 2000
+    old_lr: float = 2e-3
     warmup: int = 500
     new_steps: int = 600
     new_lr: float = 1e-3
@@ -60,7 +60,7 @@ class Config:
     progress: bool = True
 
 
-QUICK = {"splits": ("0-4>5-9",), "seeds": (0,), "old_steps": 500, "warmup": 150, "new_steps": 200,
+QUICK = {"splits": ("0-4>5-9",), "seeds": (0,), "old_steps": 1000, "warmup": 300, "new_steps": 300,
          "methods": ("unified", "local", "lgm", "curl", "finetune")}
 
 

@@ -4,8 +4,8 @@
 (the task: 0 = the old part of the data, 1 = the new part) entering *every* block, as in the
 paper's code:
 
-* encoder: ``c`` is appended as constant image planes to the input of the convolutional stem and
-  concatenated to the input of every bottom-up MLP block;
+* encoder: ``c`` is concatenated to the input of the stem's fully connected layer (after the
+  convolutions) and of every bottom-up MLP block;
 * decoder: ``c`` is concatenated to the input of every prior network ``p(z_i | z_{i+1}, c)`` and
   of the image decoder ``p(x | z1, c)``;
 * the top prior is learned: ``p(z_L | c) = N(mu(c), sigma(c))`` (a linear map of the one-hot).
@@ -63,11 +63,15 @@ class CondLadderVAE(LadderVAE):
         n_down = int(math.log2(image_size // 4))
         act = nn.SiLU
         # rebuild every block with the condition among its inputs (same layout as LadderVAE)
-        stem = [nn.Conv2d(channels + K, c, 3, padding=1), act()]
+        # the convolutions see only x (one-hot image planes would change their fan-in, hence their
+        # initial scale, and made the ELBO collapse the posterior far more often); the condition
+        # joins at the stem's fully connected layer
+        stem = [nn.Conv2d(channels, c, 3, padding=1), act()]
         for _ in range(n_down):
             stem += [nn.Conv2d(c, c, 4, stride=2, padding=1), act()]
-        stem += [nn.Flatten(), nn.Linear(16 * c, h), act()]
+        stem += [nn.Flatten()]
         self.stem = nn.Sequential(*stem)
+        self.stem_fc = nn.Sequential(nn.Linear(16 * c + K, h), act())
         self.up = nn.ModuleList(nn.Sequential(nn.Linear(h + K, h), act()) for _ in self.latent_dims)
         self.prior = nn.ModuleList(
             nn.Sequential(nn.Linear(self.latent_dims[i + 1] + K, h), act(), nn.Linear(h, h), act(),
@@ -85,6 +89,10 @@ class CondLadderVAE(LadderVAE):
         self.decoder = nn.Sequential(*dec)
 
     # ------------------------------------------------------------------ parameters
+    def encoder_parameters(self):
+        yield from super().encoder_parameters()
+        yield from self.stem_fc.parameters()
+
     def generative_parameters(self):
         yield from super().generative_parameters()
         yield from self.top_prior.parameters()
@@ -116,8 +124,7 @@ class CondLadderVAE(LadderVAE):
     def bottom_up(self, x: torch.Tensor, c=0) -> list[tuple[torch.Tensor, torch.Tensor]]:
         self._check_images(x)
         oh = self.onehot(c, len(x), x)
-        planes = oh[:, :, None, None].expand(-1, -1, *x.shape[2:])
-        d = self.stem(torch.cat([x, planes], 1))
+        d = self.stem_fc(torch.cat([self.stem(x), oh], -1))
         out = []
         for up, head in zip(self.up, self.q_head):
             d = up(torch.cat([d, oh], -1))
