@@ -145,8 +145,9 @@ def run(cfg: Config, out: Path) -> dict:
                             eval_every=cfg.eval_every, prior_batch=cfg.prior_batch,
                             temperature=cfg.skd_temperature, seed=1000 + seed, progress=cfg.progress,
                             desc=f"{ds}/{arch}/{method}/s{seed}")
-                    except NonFiniteLossError as e:  # SKD can diverge (the paper's MAF SKD row)
-                        status = f"diverged: {e}"
+                    except (NonFiniteLossError, ValueError) as e:  # SKD can diverge (the paper's MAF SKD row);
+                        # ValueError: torch's first-step argument check found a non-finite teacher sample
+                        status = f"diverged: {str(e).splitlines()[0][:200]}"
                     ll = -evaluate_nll(student, te)
                     if not math.isfinite(ll):
                         status = "non-finite test LL"
@@ -211,6 +212,10 @@ def interpolations(flow, x: torch.Tensor, n: int, temperature: float, gen: torch
     return to_image(torch.cat(out))
 
 
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return x[torch.isfinite(x.flatten(1)).all(1)]
+
+
 def run_images(cfg: Config, out: Path) -> None:
     from ..data.digits import digits_split
     from ..metrics import digits_feature_net, frechet_distance
@@ -237,9 +242,12 @@ def run_images(cfg: Config, out: Path) -> None:
         r = {"model": name, "seed": seed, "test_bpd": bits_per_dim(model, te_deq), "params": n_params(model)}
         for T in (1.0, 0.7):
             torch.manual_seed(1234)
-            s = to_image(model.sample(cfg.image_samples, temperature=T))
+            s = _finite(to_image(model.sample(cfg.image_samples, temperature=T)))
+            r[f"nonfinite_T{T}"] = cfg.image_samples - len(s)  # samples with inf/nan pixels, left out of FD
             r[f"fd_T{T}"] = float(frechet_distance(real, s, net))
-            r[f"fd_interp_T{T}"] = float(frechet_distance(real, interpolations(model, te_deq, cfg.image_samples, T, gen), net))
+            si = interpolations(model, te_deq, cfg.image_samples, T, gen)
+            r[f"nonfinite_interp_T{T}"] = len(si) - len(_finite(si))
+            r[f"fd_interp_T{T}"] = float(frechet_distance(real, _finite(si), net))
             if T == 0.7 and seed == 0:
                 samples[name] = s[:64]
         tm, _ = time_ms(model.log_prob, te_deq, cfg.speed_repeats)
@@ -262,8 +270,8 @@ def run_images(cfg: Config, out: Path) -> None:
                 train_glow(s, cfg.image_student_steps, teacher=teacher, method=method, seed=2000 + seed,
                            desc=f"digits/{method}/s{seed}")
                 status = "ok"
-            except NonFiniteLossError as e:
-                status = f"diverged: {e}"
+            except (NonFiniteLossError, ValueError) as e:
+                status = f"diverged: {str(e).splitlines()[0][:200]}"
             s.eval()
             rows.append({**evaluate(s, method, seed), "status": status})
             print(f"digits/glow {method} seed {seed}: {rows[-1]}", flush=True)
@@ -383,6 +391,11 @@ def report(out: Path) -> str:
                 return f"{m:.3f}" + (f" ± {s:.3f}" if len(rs) > 1 else "")
             lines.append(f"| {model} | {rs[0]['params']} | {ms('test_bpd')} | {ms('fd_T1.0')} | {ms('fd_T0.7')} | "
                          f"{ms('fd_interp_T1.0')} | {ms('fd_interp_T0.7')} | {ms('ms_per_batch')} |")
+        nf = [f"{r['model']}/seed {r['seed']}: " + ", ".join(f"{k} {r[k]}" for k in r if k.startswith("nonfinite") and r[k] not in ("0", ""))
+              for r in im if any(k.startswith("nonfinite") and r[k] not in ("0", "") for k in r)]
+        if nf:
+            lines += ["", f"Samples with non-finite pixels (out of {{n}} per cell), left out of the FD: ".replace(
+                "{n}", "the configured image_samples") + "; ".join(nf)]
         if (out / "samples_T0.7.png").exists():
             lines += ["", "![samples at T=0.7](samples_T0.7.png)"]
     tj = out / "timing.json"
