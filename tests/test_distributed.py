@@ -14,16 +14,18 @@ SCRIPT = str(Path(__file__).parent / "scripts" / "ddp_distill.py")
 BATCH, STEPS = 1024, 30
 
 
-def _run(out, nproc, seed, ckpt=None, steps=STEPS):
+def _run(out, nproc, seed, ckpt=None, steps=STEPS, env_extra=None, stderr=None):
     out.mkdir(parents=True, exist_ok=True)
     args = [str(out), str(BATCH), str(steps), str(seed)] + ([str(ckpt)] if ckpt else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     if nproc == 1:
         cmd = [sys.executable, SCRIPT, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", SCRIPT, *args]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    if stderr is not None:
+        stderr.append(r.stderr)
     return [torch.load(out / f"rank{i}.pt", weights_only=True) for i in range(nproc)]
 
 
@@ -34,7 +36,9 @@ def _initial_student():
 
 
 def test_two_processes_match_one_process_and_resume(tmp_path):
-    r0, r1 = _run(tmp_path / "ddp", 2, seed=0)
+    err = []
+    r0, r1 = _run(tmp_path / "ddp", 2, seed=0, stderr=err)
+    assert "find_unused_parameters=True was specified" not in err[0]  # the probe found every parameter used
     assert r0["world"] == 2
     assert torch.equal(r0["params"], r1["params"])  # DDP keeps the replicas identical
     assert torch.equal(r0["loss"], r1["loss"])  # metrics are averaged over ranks
@@ -64,3 +68,18 @@ def test_an_experiment_runs_under_torchrun(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("writing to") == 1  # rank 0 alone reports and writes
     assert (out / "report.md").exists() and (out / "config.json").exists()
+
+
+def test_a_student_with_an_unused_parameter_trains_under_torchrun(tmp_path):
+    # the first-step probe must see the parameter no loss reaches and let DDP look for it; with
+    # find_unused_parameters=False DDP would stop at the second step
+    r0, r1 = _run(tmp_path / "unused", 2, seed=0, steps=5, env_extra={"DGMKD_TEST_UNUSED": "1"})
+    assert torch.equal(r0["params"], r1["params"]) and torch.isfinite(r0["loss"]).all()
+
+
+def test_any_unused_finds_parameters_without_gradient():
+    from dgmkd.distributed import any_unused
+
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    assert any_unused((a * 2).sum(), [a, b])
+    assert not any_unused((a * b).sum(), [a, b])

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init", "active", "rank", "world_size", "is_main", "device_for", "wrap", "mean_over_ranks",
-           "split_batch", "gather_rng", "loader", "barrier"]
+           "split_batch", "gather_rng", "loader", "barrier", "any_unused"]
 
 
 def active() -> bool:
@@ -65,7 +65,7 @@ def device_for(device: str | torch.device | None) -> torch.device | None:
     return device
 
 
-def wrap(module: torch.nn.Module) -> torch.nn.Module:
+def wrap(module: torch.nn.Module, find_unused_parameters: bool = True) -> torch.nn.Module:
     """``DistributedDataParallel(module)`` when a group is active, else ``module``.
 
     Wrap a module whose ``forward`` returns the *loss* (as :func:`dgmkd.distill` does): a
@@ -73,14 +73,28 @@ def wrap(module: torch.nn.Module) -> torch.nn.Module:
     loss reaches its parameters through the distributions recorded at its sites. With the loss as
     the output, DDP's ``find_unused_parameters`` walks back from it and finds exactly the
     parameters that get gradients (not, e.g., a gate in front of a discrete latent when the latent
-    weight is 0).
+    weight is 0). That walk costs a traversal of the graph every step; :func:`dgmkd.distill`
+    turns it off when a probe of its first step finds every parameter used on every rank
+    (:func:`any_unused`).
     """
     if not active():
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     dev = next(module.parameters()).device
-    return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+    return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=find_unused_parameters)
+
+
+def any_unused(loss: torch.Tensor, params: list[torch.Tensor]) -> bool:
+    """Whether some of ``params`` get no gradient from ``loss`` on *any* rank (an all-reduced
+    flag, so every rank wraps its module the same way)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    flag = torch.tensor([float(any(g is None for g in grads))])
+    if active():
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def split_batch(n: int) -> int:

@@ -234,6 +234,10 @@ class _Objective(torch.nn.Module):
         return self.loss_fn(couple(self.teacher, self.student, *args, mode=self.mode, validate_args=validate_args))
 
 
+def _cuda_devices(device) -> list:
+    return [device] if device is not None and torch.device(device).type == "cuda" else []
+
+
 def _clip(params, grad_clip):
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -245,7 +249,8 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
             latent_divergence: str | Callable | None = None, deterministic=None,
             grad_clip: float | None = None, checkpoint: str | os.PathLike | None = None,
             checkpoint_every: int = 100, resume: bool = True, seed: int | None = 0, device=None,
-            progress: bool = True, callback: Callable[[int, dict], None] | None = None) -> dict[str, list]:
+            progress: bool = True, callback: Callable[[int, dict], None] | None = None,
+            find_unused_parameters: bool | None = None) -> dict[str, list]:
     """Distill ``teacher`` into ``student``; returns the loss history.
 
     ``method``:
@@ -257,6 +262,12 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     arguments of one step, or an iterable of argument tuples (see :func:`make_inputs`).
     The teacher is put in eval mode and run without gradients; the optimizer defaults to Adam with
     ``lr`` over the student's parameters.
+
+    Under ``torchrun`` the loss module is wrapped in DistributedDataParallel at the first step.
+    ``find_unused_parameters=None`` probes that step (with the RNG state restored afterwards, so
+    the run's noise stream is unchanged) and lets DDP look for unused parameters only if some
+    student parameter got no gradient on some rank; pass ``True`` if which parameters are used
+    changes from step to step.
     """
     if isinstance(method, str) and method not in ("unified", "local"):
         raise ValueError(f"unknown method {method!r}; choose 'unified', 'local' or pass loss(coupling)")
@@ -283,16 +294,24 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
         return method(c)
 
     objective = _Objective(teacher, student, mode, loss_fn)
-    runner = ddp.wrap(objective)  # DistributedDataParallel under torchrun
-    distributed = runner is not objective
+    distributed = ddp.active()
+    runner = None if distributed else objective  # DistributedDataParallel, made at the first step
 
     start_step = [None]
 
     def step_fn(args, step):
-        if start_step[0] is None:
+        nonlocal runner
+        first = start_step[0] is None
+        if first:
             start_step[0] = step
+        if runner is None:
+            unused = find_unused_parameters
+            if unused is None:
+                with torch.random.fork_rng(devices=_cuda_devices(device)):
+                    unused = ddp.any_unused(objective(*args), params)
+            runner = ddp.wrap(objective, find_unused_parameters=unused)
         # torch's distribution argument checks run on the first step only (see couple())
-        loss = runner(*args, validate_args=None if step == start_step[0] else False)
+        loss = runner(*args, validate_args=None if first else False)
         if not distributed:  # under DDP the rank-averaged loss is checked after the step, on every rank
             check_finite(loss, step, "loss", str(checkpoint) if checkpoint else None)
         opt.zero_grad(set_to_none=True)
