@@ -53,6 +53,29 @@ def test_teacher_runs_without_grad_student_with():
     assert c.targets["y"].student.loc.requires_grad
 
 
+def test_teacher_grad_differentiates_through_the_teacher_to_its_inputs():
+    # a classifier pair on inputs x: the disagreement's gradient w.r.t. x has a teacher part and a
+    # student part; with teacher_grad=True it is the gradient of the directly computed KL
+    torch.manual_seed(0)
+    ft, fs = nn.Linear(3, 4), nn.Linear(3, 4)
+    ft.requires_grad_(False)
+
+    def clf(f):
+        return lambda x: dgmkd.target("y", Categorical(logits=f(x)))
+
+    x = torch.randn(5, 3, requires_grad=True)
+    loss = dgmkd.losses.surrogate(dgmkd.couple(clf(ft), clf(fs), x, teacher_grad=True))
+    (g,) = torch.autograd.grad(loss, x)
+    x2 = x.detach().clone().requires_grad_(True)
+    pt, ps = ft(x2).log_softmax(-1), fs(x2).log_softmax(-1)
+    ref = (pt.exp() * (pt - ps)).sum(-1).mean()
+    (g_ref,) = torch.autograd.grad(ref, x2)
+    assert torch.allclose(loss, ref) and torch.allclose(g, g_ref, atol=1e-6)
+    # without it the teacher is a constant: only the student part of the gradient remains
+    (g_s,) = torch.autograd.grad(dgmkd.losses.surrogate(dgmkd.couple(clf(ft), clf(fs), x)), x)
+    assert not torch.allclose(g_s, g_ref, atol=1e-4)
+
+
 def test_discrete_latents_share_one_uniform():
     def m(p):
         def run(n):

@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -88,7 +88,7 @@ def validation(flag: bool):
 
 
 def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_noise",
-           validate_args: bool | None = None, **kwargs) -> Coupling:
+           validate_args: bool | None = None, teacher_grad: bool = False, **kwargs) -> Coupling:
     """Run ``teacher`` and ``student`` on the same ``*args, **kwargs`` with coupled randomness.
 
     ``mode="shared_noise"`` — the unified method (Chen et al. 2023, Eq. 4–7): both models compute
@@ -99,7 +99,10 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
     value, so each student conditional is evaluated at the teacher's parents.
 
     The teacher runs under ``torch.no_grad()``; the student keeps its graph, so losses built from
-    the result backpropagate into the student only.
+    the result backpropagate into the student only. ``teacher_grad=True`` keeps the teacher's graph
+    too, for objectives that differentiate *through* the teacher with respect to its inputs — an
+    input generator that maximizes the teacher/student disagreement (AVKD's adversarial term,
+    DFAD). Freeze the teacher's parameters (``requires_grad_(False)``) to keep them out of it.
 
     ``validate_args``: torch.distributions' argument checks (positive scales, probabilities in
     [0, 1], ...) cost a device synchronization per distribution, which on small models is a
@@ -112,7 +115,7 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
     if validate_args is None:
         validate_args = Distribution._validate_args
     with validation(validate_args):
-        with torch.no_grad(), trace() as tt, draw_noise():
+        with (nullcontext() if teacher_grad else torch.no_grad()), trace() as tt, draw_noise():
             t_out = teacher(*args, **kwargs)
         rp = replay(tt.sites, mode)
         with trace() as st, rp:
