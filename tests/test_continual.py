@@ -193,3 +193,109 @@ def test_experiment_smoke_and_report_rebuild(tmp_path):
     assert reportmod.rebuild(tmp_path) == text
     with pytest.raises(ValueError, match="unknown methods"):
         exp.run(cfgmod.override(exp.Config(), {"methods": ("nope",)}), tmp_path)
+
+
+# ------------------------------------------------------------------------------- CelebA (your files)
+CELEBA_NAMES = ["Eyeglasses", "Male", "No_Beard", "Smiling"]
+
+
+def _celeba_fixture(root):
+    """10 train faces (4 Male, 3 with a beard, 2 with eyeglasses) and 4 test faces (2 Male)."""
+    from datafiles import write_celeba
+
+    male = [1, 1, 1, 1, -1, -1, -1, -1, -1, -1] + [1, -1, 1, -1]
+    no_beard = [-1, -1, -1, 1, 1, 1, 1, 1, 1, 1] + [-1, 1, 1, 1]
+    glasses = [1, -1, -1, -1, 1, -1, -1, -1, -1, -1] + [1, -1, 1, -1]
+    attrs = [[g, m, b, 1] for g, m, b in zip(glasses, male, no_beard)]
+    write_celeba(root, n=14, partition=[0] * 10 + [2] * 4, names=CELEBA_NAMES, attrs=attrs, shape=(40, 32))
+    return {"Female>Male": (6, 4), "No_Beard>Beard": (7, 3), "No_Eyeglasses>Eyeglasses": (8, 2)}
+
+
+def test_experiment_on_celeba_files(tmp_path, monkeypatch):
+    """End to end on a tiny CelebA folder: the parts are the attribute's, the model and the feature
+    network (hvae-compress's, trained on the training faces) are 3-channel 16x16, metrics finite."""
+    import csv
+    import math
+
+    from dgmkd import config as cfgmod
+    from dgmkd.experiments import continual as exp
+    from dgmkd.metrics import features as F
+
+    counts = _celeba_fixture(tmp_path / "celeba")
+    train_feature_net, seen = F.train_feature_net, {}
+
+    def short_feature_net(x, y, **kw):  # the real one, with a handful of steps
+        seen["x"], seen["y"] = tuple(x.shape), y.tolist()
+        return train_feature_net(x, y, **{**kw, "steps": 2, "batch": 4})
+
+    monkeypatch.setattr(F, "train_feature_net", short_feature_net)
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = cfgmod.override(exp.Config(), {"dataset": "celeba", "data_root": str(tmp_path / "celeba"),
+                                         "image_size": "16", "splits": "Female>Male", "seeds": "0", "width": 2,
+                                         "latent_dims": "4,2", "old_steps": 2, "warmup": 1, "new_steps": 2,
+                                         "batch": 4, "methods": "unified,curl", "grid": 2, "progress": False})
+    dgmkd.rundir.write_json(out / "config.json", {"experiment": "continual", **cfgmod.to_dict(cfg)})
+    exp.run(cfg, out)
+    assert seen["x"] == (10, 3, 16, 16) and seen["y"] == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]  # Male labels
+    assert (out / "feature_cnn.pt").is_file() and (out / "samples_Female_to_Male.png").is_file()
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["M_old", "unified", "curl"]
+    for r in rows:
+        assert (int(r["n_old"]), int(r["n_new"])) == counts["Female>Male"]
+        assert float(r["r"]) == pytest.approx(0.4)
+        keys = [f"old_{k}" for k, _ in exp.METRICS]
+        keys += [f"new_{k}" for k, _ in exp.METRICS] if r["method"] != "M_old" else []
+        assert all(math.isfinite(float(r[k])) for k in keys), r
+    state = torch.load(out / "models" / "new_Female_to_Male_unified_seed0.pt", weights_only=True)
+    CondLadderVAE(image_size=16, channels=3, width=2, latent_dims=(4, 2)).load_state_dict(state)  # 3x16x16 model
+    assert "CelebA attribute splits" in (out / "report.md").read_text()
+    # the other two splits divide the faces by their attribute as well
+    from dgmkd.data import load_celeba
+    from dgmkd.data.splits import celeba_split
+
+    x, a, names = load_celeba(tmp_path / "celeba", "train", size=8)
+    for split, (n_old, n_new) in counts.items():
+        xo, xn = celeba_split(split, x, a, names)
+        assert (len(xo), len(xn)) == (n_old, n_new)
+
+
+def test_config_errors_name_the_key_and_the_choices(tmp_path):
+    from dgmkd import config as cfgmod
+    from dgmkd.cli import main
+    from dgmkd.experiments import continual as exp
+
+    def err(sets):
+        with pytest.raises(cfgmod.ConfigError) as e:
+            cfgmod.override(exp.Config(), sets)
+        return str(e.value)
+
+    root = str(tmp_path)
+    msg = err({"dataset": "celeba", "data_root": root})  # the default splits are the digits'
+    assert msg.startswith("splits:") and "'0-4>5-9'" in msg
+    assert "Female>Male, No_Beard>Beard, No_Eyeglasses>Eyeglasses" in msg
+    msg = err({"splits": "Female>Male"})
+    assert msg.startswith("splits:") and "0-4>5-9, even>odd, thin>thick" in msg
+    msg = err({"dataset": "celeba", "splits": "Female>Male"})
+    assert msg.startswith("data_root:") and "list_attr_celeba.txt" in msg
+    assert err({"dataset": "celeba", "splits": "Female>Male", "data_root": root + "/nope"}).startswith("data_root:")
+    msg = err({"dataset": "mnist"})
+    assert msg.startswith("dataset:") and "digits, celeba" in msg
+    msg = err({"dataset": "celeba", "splits": "Female>Male", "data_root": root, "image_size": 48})
+    assert msg.startswith("image_size:") and "8, 16, 32, 64" in msg
+    assert err({"image_size": 16}).startswith("image_size:")
+    # a valid celeba config passes; the command line turns a bad one into exit code 2
+    cfgmod.override(exp.Config(), {"dataset": "celeba", "data_root": root, "splits": "No_Beard>Beard,Female>Male"})
+    assert main(["run", "continual", "--set", "dataset=celeba", "--set", "splits=Female>Male",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+    # an attribute file without the split's column: stopped before any image is read or model trained
+    from datafiles import write_celeba
+    from dgmkd.data import DataFormatError
+
+    write_celeba(tmp_path / "c", n=2, partition=(0, 2), shape=(8, 8))  # columns 5_o_Clock_Shadow, Male, Smiling
+    cfg = cfgmod.override(exp.Config(), {"dataset": "celeba", "data_root": str(tmp_path / "c"),
+                                         "splits": "No_Eyeglasses>Eyeglasses", "progress": False})
+    with pytest.raises(DataFormatError, match="no column \\['Eyeglasses'\\]"):
+        exp.run(cfg, tmp_path / "run")

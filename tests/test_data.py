@@ -8,6 +8,7 @@ import torch
 from dgmkd.data import DataFormatError, digits_split, load_celeba, load_cifar10, load_images, load_svhn
 from dgmkd.data.cifar import read_cifar_bin
 from dgmkd.data.svhn import read_svhn_mat
+from datafiles import NAMES, write_celeba
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -127,27 +128,6 @@ def test_cifar_reader_rejects_malformed_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ CelebA
-NAMES = ["5_o_Clock_Shadow", "Male", "Smiling"]
-
-
-def write_celeba(root, n=3, partition=(0, 0, 2), rows=None):
-    from PIL import Image
-
-    img = root / "img_align_celeba"
-    img.mkdir(parents=True)
-    files = [f"{i + 1:06d}.png" for i in range(n)]
-    for i, f in enumerate(files):
-        a = np.zeros((218, 178, 3), np.uint8)
-        a[..., 0] = 40 * i  # constant red per image
-        a[:, :89, 1] = 255  # left half green
-        Image.fromarray(a).save(img / f)
-    attrs = rows or [f"{f} " + " ".join("1" if (i + j) % 2 else "-1" for j in range(len(NAMES))) for i, f in enumerate(files)]
-    (root / "list_attr_celeba.txt").write_text(f"{n}\n" + " ".join(NAMES) + "\n" + "\n".join(attrs) + "\n")
-    if partition is not None:
-        (root / "list_eval_partition.txt").write_text("\n".join(f"{f} {p}" for f, p in zip(files, partition)) + "\n")
-    return files
-
-
 def test_celeba_reader(tmp_path):
     write_celeba(tmp_path)
     x, a, names = load_celeba(tmp_path, "train", size=16)

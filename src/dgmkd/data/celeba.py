@@ -17,7 +17,7 @@ import torch
 
 from .errors import DataFormatError
 
-__all__ = ["load_celeba", "read_attributes", "read_partition"]
+__all__ = ["load_celeba", "read_attributes", "read_partition", "feature_labels"]
 
 _SPLIT = {"train": 0, "valid": 1, "test": 2}
 
@@ -108,3 +108,9 @@ def load_celeba(root: str | Path, split: str = "train", size: int = 64, crop: in
     imgs = np.stack([_load_image(img_dir / f, crop, size) for f in files]) if files else np.zeros((0, size, size, 3), np.uint8)
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(255.0).contiguous()
     return x, torch.from_numpy((attrs > 0).astype(np.int64)), names
+
+
+def feature_labels(attributes: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """Class labels ``(N,)`` for the feature classifier of the image metrics on CelebA: the
+    ``Male`` column of :func:`load_celeba`'s attributes (the first column if there is none)."""
+    return attributes[:, names.index("Male")] if "Male" in names else attributes[:, 0]

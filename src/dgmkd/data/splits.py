@@ -10,8 +10,10 @@ Eyeglasses); here the three splits of the 8x8 digits play that role:
   the same threshold is applied to the test split, so both are split by one rule.
 
 Each part is a subset of :func:`dgmkd.data.digits_split` (same fixed train/test permutation); the
-two parts partition it. CelebA users get the attribute splits from
-:func:`dgmkd.data.load_celeba` with their own files (:func:`attribute_split`).
+two parts partition it. CelebA users get the paper's attribute splits (:data:`CELEBA_SPLITS`:
+``"Female>Male"``, ``"No_Beard>Beard"``, ``"No_Eyeglasses>Eyeglasses"``) of the images
+:func:`dgmkd.data.load_celeba` reads from their own files (:func:`celeba_split`,
+:func:`attribute_split`).
 
 Example:
     >>> from dgmkd.data.splits import continual_split
@@ -24,9 +26,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["SPLITS", "continual_split", "ink_threshold", "split_mask", "attribute_split"]
+__all__ = ["SPLITS", "CELEBA_SPLITS", "continual_split", "ink_threshold", "split_mask", "attribute_split",
+           "celeba_split"]
 
 SPLITS = ("0-4>5-9", "even>odd", "thin>thick")
+# CelebA split name -> (attribute column, negate): the new part is the images whose column is 1
+# (negate: is 0), the old part the rest (see attribute_split)
+CELEBA_SPLITS = {"Female>Male": ("Male", False), "No_Beard>Beard": ("No_Beard", True),
+                 "No_Eyeglasses>Eyeglasses": ("Eyeglasses", False)}
 
 
 def ink_threshold(binarize: bool = False) -> float:
@@ -75,3 +82,18 @@ def attribute_split(x: torch.Tensor, attributes: torch.Tensor, names: list[str],
     if negate:
         new = ~new
     return x[~new], x[new]
+
+
+def celeba_split(name: str, x: torch.Tensor, attributes: torch.Tensor, names: list[str]):
+    """``(x_old, x_new)``: the CelebA split ``name`` (one of :data:`CELEBA_SPLITS`) of images ``x``
+    with the 0/1 ``attributes`` and column ``names`` of :func:`dgmkd.data.load_celeba`.
+
+    Example:
+        >>> x, attrs = torch.arange(3.0), torch.tensor([[1], [0], [1]])
+        >>> [t.tolist() for t in celeba_split("No_Beard>Beard", x, attrs, ["No_Beard"])]
+        [[0.0, 2.0], [1.0]]
+    """
+    if name not in CELEBA_SPLITS:
+        raise ValueError(f"unknown CelebA split {name!r}; choose from {tuple(CELEBA_SPLITS)}")
+    attribute, negate = CELEBA_SPLITS[name]
+    return attribute_split(x, attributes, names, attribute, negate=negate)

@@ -16,6 +16,10 @@ Inception FID). "Old": samples of condition 0 against the held-out old images; "
 condition 1 against the held-out new images; as many samples as held-out images. Old cells show
 ``value(±delta)`` with delta the change from ``M_old`` before step 1 (same seed, same evaluation
 noise). Lower is better everywhere (1NN: 0.5 ideal).
+
+CelebA from your own files: ``dataset=celeba data_root=DIR splits=Female>Male`` (or ``No_Beard>Beard``,
+``No_Eyeglasses>Eyeglasses``) runs the same on :func:`dgmkd.data.load_celeba`'s train / test partitions
+at ``image_size``, with the metrics on a CNN trained on the training faces as in hvae-compress.
 """
 
 from __future__ import annotations
@@ -31,14 +35,29 @@ import torch
 
 from .. import rundir
 
-DESCRIPTION = "Table 2: KD-based VAE continual learning on digit splits (unified vs local vs LGM vs CURL replay)"
+DESCRIPTION = ("Table 2: KD-based VAE continual learning on digit (or your CelebA attribute) splits "
+               "(unified vs local vs LGM vs CURL replay)")
 
 METHODS = ("unified", "local", "lgm", "curl", "finetune")
 METRICS = (("fd", "FD"), ("emd", "EMD"), ("mmd2", "MMD²"), ("nn1", "1NN"))
+DATASETS = ("digits", "celeba")
+IMAGE_SIZES = (8, 16, 32, 64)  # what the ladder VAE's stem handles
+
+
+def dataset_splits(dataset: str) -> tuple[str, ...]:
+    """The split names of ``dataset`` (``digits`` or ``celeba``)."""
+    from ..data.splits import CELEBA_SPLITS, SPLITS
+
+    return tuple(CELEBA_SPLITS) if dataset == "celeba" else SPLITS
 
 
 @dataclass
 class Config:
+    dataset: str = "digits"         # digits (embedded) | celeba (your files in data_root, as hvae-compress)
+    data_root: str = ""             # celeba: img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt
+    data_limit: int = 0             # celeba: at most this many train and test images each (0 = all)
+    image_size: int = 0             # celeba: 8 | 16 | 32 | 64 (0 = 64); digits are 8x8 (0 or 8)
+    # celeba splits: Female>Male, No_Beard>Beard, No_Eyeglasses>Eyeglasses
     splits: tuple[str, ...] = ("0-4>5-9", "even>odd", "thin>thick")
     methods: tuple[str, ...] = ("unified", "local", "lgm", "curl")
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -59,6 +78,44 @@ class Config:
     threads: int = 1
     progress: bool = True
 
+    def validate(self) -> None:
+        """Called by :func:`dgmkd.config.override` (and :func:`run`): mistakes stop before any work."""
+        from ..config import ConfigError
+
+        def bad(key, msg):
+            raise ConfigError(f"{key}: {msg}")
+
+        if self.dataset not in DATASETS:
+            bad("dataset", f"{self.dataset!r} is not allowed; choose from {', '.join(DATASETS)}")
+        if self.dataset == "celeba":
+            if not self.data_root:
+                bad("data_root", "dataset=celeba needs data_root=<folder with img_align_celeba/, "
+                    "list_attr_celeba.txt and list_eval_partition.txt>; nothing is downloaded")
+            if not Path(self.data_root).is_dir():
+                bad("data_root", f"{self.data_root!r} is not a folder")
+            if self.image_size not in (0, *IMAGE_SIZES):
+                bad("image_size", f"{self.image_size} is not allowed for celeba; choose from 0 (= 64), "
+                    f"{', '.join(map(str, IMAGE_SIZES))}")
+        elif self.image_size not in (0, 8):
+            bad("image_size", f"the digits are 8x8; use 0 or 8, got {self.image_size}")
+        if self.data_limit < 0:
+            bad("data_limit", f"must be >= 0 (0 = all images), got {self.data_limit}")
+        allowed = dataset_splits(self.dataset)
+        if not self.splits:
+            bad("splits", f"need at least one split of dataset={self.dataset!r}; choose from {', '.join(allowed)}")
+        wrong = [s for s in self.splits if s not in allowed]
+        if wrong:
+            bad("splits", f"{', '.join(map(repr, wrong))} not a split of dataset={self.dataset!r}; "
+                f"choose from {', '.join(allowed)}")
+        wrong = [m for m in self.methods if m not in METHODS]
+        if wrong or not self.methods:
+            bad("methods", (f"unknown methods {sorted(wrong)}" if wrong else "need at least one method")
+                + f"; choose from {', '.join(METHODS)}")
+        if not self.seeds:
+            bad("seeds", "must not be empty")
+        if self.latent_divergence not in ("w2", "kl"):
+            bad("latent_divergence", f"must be w2 or kl, got {self.latent_divergence!r}")
+
 
 QUICK = {"splits": ("0-4>5-9",), "seeds": (0,), "old_steps": 1000, "warmup": 300, "new_steps": 300,
          "methods": ("unified", "local", "lgm", "curl", "finetune")}
@@ -68,11 +125,44 @@ def _slug(split: str) -> str:
     return split.replace(">", "_to_")
 
 
-def _model(cfg: Config):
+def _model(cfg: Config, image_size: int = 8, channels: int = 1):
     from ..models.cond_hvae import CondLadderVAE
 
-    return CondLadderVAE(num_conditions=2, image_size=8, channels=1, width=cfg.width,
+    return CondLadderVAE(num_conditions=2, image_size=image_size, channels=channels, width=cfg.width,
                          latent_dims=cfg.latent_dims, sigma=cfg.sigma)
+
+
+def _data(cfg: Config):
+    """``(parts, x_train, y_train)``: ``parts(split)`` is ``((old, new) train images, (old, new) test
+    images)``; ``x_train, y_train`` are what the feature network trains on (``None`` for the digits,
+    whose feature network is the cached digits CNN)."""
+    if cfg.dataset == "digits":
+        from ..data.splits import continual_split
+
+        def parts(split):
+            (xo, _), (xn, _) = continual_split(split, "train")
+            (to, _), (tn, _) = continual_split(split, "test")
+            return (xo, xn), (to, tn)
+
+        return parts, None, None
+    # celeba, read as hvae-compress reads it: train / test partitions, data_limit images of each
+    from ..data import DataFormatError, load_celeba
+    from ..data.celeba import feature_labels, read_attributes
+    from ..data.splits import CELEBA_SPLITS, celeba_split
+
+    names = read_attributes(Path(cfg.data_root) / "list_attr_celeba.txt")[0]
+    missing = sorted({CELEBA_SPLITS[s][0] for s in cfg.splits} - set(names))
+    if missing:  # before reading any image
+        raise DataFormatError(f"list_attr_celeba.txt in {cfg.data_root!r} has no column {missing} "
+                              f"(splits {list(cfg.splits)} need it)")
+    lim, size = cfg.data_limit or None, cfg.image_size or 64
+    xtr, atr, names = load_celeba(cfg.data_root, "train", size=size, limit=lim)
+    xte, ate, _ = load_celeba(cfg.data_root, "test", size=size, limit=lim)
+
+    def parts(split):
+        return celeba_split(split, xtr, atr, names), celeba_split(split, xte, ate, names)
+
+    return parts, xtr, feature_labels(atr, names)
 
 
 @torch.no_grad()
@@ -90,7 +180,7 @@ def _metrics(model, x_test: torch.Tensor, c: int, net, seed: int):
     return {k: m[k] for k, _ in METRICS}, s
 
 
-def _grids_png(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path, n: int, title: str):
+def _grids_png(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path, grid_n: int, title: str):
     """One row per model: old-condition and new-condition sample grids."""
     import matplotlib
 
@@ -98,9 +188,11 @@ def _grids_png(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path,
     import matplotlib.pyplot as plt
 
     def grid(x):
+        n = min(grid_n, math.isqrt(len(x)))  # fewer held-out images than grid cells: a smaller grid
         x = torch.nn.functional.pad(x[: n * n].clamp(0, 1), (0, 1, 0, 1), value=0.5)
         c, h, w = x.shape[1:]
-        return x.reshape(n, n, c, h, w).permute(0, 3, 1, 4, 2).reshape(n * h, n * w, c)[..., 0].numpy()
+        g = x.reshape(n, n, c, h, w).permute(0, 3, 1, 4, 2).reshape(n * h, n * w, c).numpy()
+        return g[..., 0] if c == 1 else g  # grey (digits) or RGB (celeba)
 
     fig, axes = plt.subplots(len(panels), 2, figsize=(4.2, 2.1 * len(panels) + 0.3), squeeze=False)
     for row, (name, old, new) in zip(axes, panels):
@@ -116,32 +208,28 @@ def _grids_png(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path,
 
 
 def run(cfg: Config, out: Path) -> dict:
-    from ..data.splits import SPLITS, continual_split
     from ..methods.continual import train_continual
-    from ..metrics.features import digits_feature_net
+    from ..metrics.features import data_feature_net
     from ..models.cond_hvae import train_cond_elbo
 
-    bad = set(cfg.methods) - set(METHODS)
-    if bad:
-        raise ValueError(f"unknown methods {sorted(bad)}; choose from {METHODS}")
-    bad = set(cfg.splits) - set(SPLITS)
-    if bad:
-        raise ValueError(f"unknown splits {sorted(bad)}; choose from {SPLITS}")
-    if cfg.latent_divergence not in ("w2", "kl"):
-        raise ValueError(f"latent_divergence must be w2 or kl, got {cfg.latent_divergence!r}")
+    cfg.validate()
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
-    net = digits_feature_net()
-    rows, timing = [], {"old_s": 0.0, "new_s": 0.0, "eval_s": 0.0}
+    parts, xtr, ytr = _data(cfg)
     (out / "models").mkdir(parents=True, exist_ok=True)
+    net, _ = data_feature_net(cfg.dataset, xtr, ytr, None if xtr is None else out / "feature_cnn.pt")
+    rows, timing = [], {"old_s": 0.0, "new_s": 0.0, "eval_s": 0.0}
     for split in cfg.splits:
-        (xo, _), (xn, _) = continual_split(split, "train")
-        (to, _), (tn, _) = continual_split(split, "test")
+        (xo, xn), (to, tn) = parts(split)
+        for name, x in (("old train", xo), ("new train", xn), ("old test", to), ("new test", tn)):
+            if len(x) == 0:
+                raise ValueError(f"split {split!r} of dataset={cfg.dataset!r}: the {name} part has no images")
+        size, channels = xo.shape[-1], xo.shape[1]
         r = cfg.r or len(xn) / (len(xo) + len(xn))
         for seed in cfg.seeds:
             t0 = time.time()
             torch.manual_seed(seed)
-            old = _model(cfg)
+            old = _model(cfg, size, channels)
             print(f"{split} seed {seed}: M_old ({old.num_parameters():,} params) on {len(xo)} old images, "
                   f"{cfg.old_steps} ELBO steps")
             train_cond_elbo(old, xo, cfg.old_steps, c=0, batch=cfg.batch, lr=cfg.old_lr, warmup=cfg.warmup,
@@ -293,8 +381,15 @@ def report(out: str | Path, quiet: bool = False) -> str:
     check, ok = goal_check(rows)
     seeds = sorted({int(r["seed"]) for r in rows})
     rs = {(r["split"], round(r["r"], 3)) for r in rows}
+    if cfg.get("dataset", "digits") == "celeba":
+        where = f"CelebA attribute splits ({cfg.get('data_root', '?')}, {cfg.get('image_size') or 64}x" \
+                f"{cfg.get('image_size') or 64} RGB)"
+        feats = ("the features of a CNN trained on the CelebA training faces to classify their Male attribute "
+                 "(feature_cnn.pt, as in hvae-compress)")
+    else:
+        where, feats = "the digits", "the cached digits-CNN features"
     lines = [
-        "# KD-based VAE continual learning on the digits (Table 2 of Chen et al. 2023)", "",
+        f"# KD-based VAE continual learning on {where} (Table 2 of Chen et al. 2023)", "",
         f"Conditional ladder VAE (width {cfg.get('width', '?')}, latents {cfg.get('latent_dims', '?')}, "
         f"Gaussian decoder sigma {cfg.get('sigma', '?')}). M_old: {cfg.get('old_steps', '?')} ELBO steps "
         f"(warm-up {cfg.get('warmup', '?')}) on the old part, condition 0. Step 1: {cfg.get('new_steps', '?')} "
@@ -303,7 +398,7 @@ def report(out: str | Path, quiet: bool = False) -> str:
         f"unified: latent weight {cfg.get('latent_weight', '?')}, latent divergence "
         f"{cfg.get('latent_divergence', '?')}; lgm: consistency weight {cfg.get('consistency_weight', '?')}. "
         f"Seeds {seeds}; cells are means over seeds.", "",
-        "Metrics on the cached digits-CNN features (FD is a Fréchet distance in that space, not an Inception "
+        f"Metrics on {feats} (FD is a Fréchet distance in that space, not an Inception "
         "FID). Old: condition-0 samples vs the held-out old images; New: condition-1 samples vs the held-out "
         "new images (as many samples as held-out images; decoder means). Old cells: value(±change from M_old "
         "before step 1). Lower is better (1NN: 0.5 ideal). MMD² is the unbiased estimate (can be < 0).", "",

@@ -89,6 +89,7 @@ QUICK = {"teacher_width": 32, "ratios": (15, 50), "teacher_steps": 800, "warmup"
 def _load(cfg: Config):
     """``(train images, train labels, test images)`` in [0, 1]."""
     from ..data import digits_split, load_celeba, load_cifar10, load_svhn
+    from ..data.celeba import feature_labels
 
     if cfg.dataset == "digits":
         xtr, ytr = digits_split("train", binarize=cfg.likelihood == "bernoulli")
@@ -104,7 +105,7 @@ def _load(cfg: Config):
     elif cfg.dataset == "celeba":
         xtr, atr, names = load_celeba(cfg.data_root, "train", limit=lim)
         xte, _, _ = load_celeba(cfg.data_root, "test", limit=lim)
-        ytr = atr[:, names.index("Male")] if "Male" in names else atr[:, 0]
+        ytr = feature_labels(atr, names)
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; choose digits, svhn, cifar10 or celeba")
     if cfg.likelihood == "bernoulli":
@@ -113,14 +114,9 @@ def _load(cfg: Config):
 
 
 def _feature_net(cfg: Config, xtr, ytr, out: Path):
-    from ..metrics.features import digits_feature_net, train_feature_net
+    from ..metrics.features import data_feature_net
 
-    if cfg.dataset == "digits":
-        return digits_feature_net(), "digits-CNN"
-    path = out / "feature_cnn.pt"
-    net = train_feature_net(xtr, ytr, seed=0)
-    torch.save(net.state_dict(), path)
-    return net, f"{cfg.dataset}-CNN"
+    return data_feature_net(cfg.dataset, xtr, ytr, out / "feature_cnn.pt")
 
 
 # ---------------------------------------------------------------------------------------- models

@@ -27,7 +27,8 @@ from .frechet import frechet_distance, kernel_distance
 from .mmd import median_bandwidth, mmd2
 from .nn1 import nn1_accuracy
 
-__all__ = ["FeatureCNN", "train_feature_net", "digits_feature_net", "cache_dir", "compare", "features"]
+__all__ = ["FeatureCNN", "train_feature_net", "digits_feature_net", "data_feature_net", "cache_dir", "compare",
+           "features"]
 
 _VERSION = "v1"
 
@@ -123,6 +124,22 @@ def digits_feature_net(cache: str | os.PathLike | None = None, retrain: bool = F
     (d / f"digits_cnn_{_VERSION}.json").write_text(json.dumps({"test_accuracy": acc, "train_images": len(xtr),
                                                                "test_images": len(xte)}) + "\n")
     return net
+
+
+def data_feature_net(dataset: str, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                     path: str | os.PathLike | None = None) -> tuple[FeatureCNN, str]:
+    """``(feature network, its name for reports)`` of the image metrics on ``dataset``: the cached
+    digits CNN (:func:`digits_feature_net`) for ``"digits"``; for a data set of the user's files
+    (``svhn``, ``cifar10``, ``celeba``) a :class:`FeatureCNN` trained here on its training images
+    ``x`` with labels ``y`` (:func:`train_feature_net`, seed 0), saved to ``path`` if given."""
+    if dataset == "digits":
+        return digits_feature_net(), "digits-CNN"
+    if x is None or y is None:
+        raise ValueError(f"the {dataset} feature network is trained on its images: pass x and y")
+    net = train_feature_net(x, y, seed=0)
+    if path is not None:
+        torch.save(net.state_dict(), path)
+    return net, f"{dataset}-CNN"
 
 
 @torch.no_grad()
