@@ -16,12 +16,7 @@ from dgmkd.methods.dfad import DFAD, logit_gap
 from dgmkd.models.classifiers import ResNetClassifier, accuracy, num_params, student_net, teacher_net
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(k=3, seed=0):

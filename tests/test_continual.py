@@ -16,12 +16,7 @@ from dgmkd.models.cond_hvae import CondLadderVAE, train_cond_elbo
 SITES = ["z5", "z4", "z3", "z2", "z1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed=0, width=4):

@@ -10,13 +10,7 @@ from dgmkd.data.cifar import read_cifar_bin
 from dgmkd.data.svhn import read_svhn_mat
 from datafiles import NAMES, write_celeba
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: the machine is shared, and oversubscribed threads make small models far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -13,13 +13,7 @@ from dgmkd.models.hvae import LadderVAE, iw_nll, train_elbo
 
 SITES = ["z5", "z4", "z3", "z2", "z1"]
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: the machine is shared, and oversubscribed threads make small models far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -10,13 +10,7 @@ from torch import nn
 from dgmkd.metrics import (FeatureCNN, compare, emd, frechet_distance, kernel_distance, median_bandwidth, mmd2,
                            nn1_accuracy, train_feature_net)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: the machine is shared, and oversubscribed threads make small models far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
