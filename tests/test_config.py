@@ -60,3 +60,51 @@ def test_an_experiments_own_validation_becomes_a_config_error():
 
     with pytest.raises(ConfigError, match="algorithm must be 'ws' or 'rws', got 'xx'"):
         override(V(), ["algorithm=xx"])
+
+
+@dataclass
+class Shapes:
+    pair: tuple[int, int] = (6, 32)
+    sizes: dict[str, int] = None
+    names: tuple = ("a",)
+
+
+def test_fixed_length_tuples_and_dicts():
+    c = override(Shapes(), ["pair=3,16", 'sizes={"n_train": 100, "n_test": 50}'])
+    assert c.pair == (3, 16) and c.sizes == {"n_train": 100, "n_test": 50}
+    with pytest.raises(ConfigError, match="pair: expected 2 comma-separated values"):
+        override(Shapes(), ["pair=3"])
+    with pytest.raises(ConfigError, match="sizes.n_train: expected int"):
+        override(Shapes(), ['sizes={"n_train": "many"}'])
+    with pytest.raises(ConfigError, match="sizes: expected a JSON object"):
+        override(Shapes(), ["sizes=100"])
+    # a bare tuple cannot be parsed element-wise: "ab" must not become ("a", "b")
+    with pytest.raises(ConfigError, match="names: the config declares a bare tuple"):
+        override(Shapes(), ["names=ab"])
+
+
+def _as_cli(v):
+    import json
+
+    if isinstance(v, (tuple, list)):
+        return ",".join(map(str, v))
+    if isinstance(v, dict):
+        return json.dumps(v)
+    return str(v)
+
+
+def test_every_experiment_default_round_trips_through_the_command_line():
+    # each field of every experiment's config, written as `--set key=value` text, parses back to its
+    # default: no field is unreachable from the command line or parsed into something else
+    import dataclasses
+
+    from dgmkd import experiments
+
+    for name in experiments.EXPERIMENTS:
+        cfg = experiments.get(name).Config()
+        for f in dataclasses.fields(cfg):
+            v = getattr(cfg, f.name)
+            if v is None or v == () or v == "":
+                continue
+            back = getattr(override(cfg, [f"{f.name}={_as_cli(v)}"]), f.name)
+            assert back == v, (name, f.name, v, back)

@@ -62,12 +62,30 @@ def parse_value(key: str, tp: Any, raw: Any) -> Any:
             if raw == a or str(raw) == str(a):
                 return a
         raise ConfigError(f"{key}: {raw!r} is not allowed; choose one of {', '.join(map(str, args))}")
+    if tp in (tuple, list, dict):
+        raise ConfigError(f"{key}: the config declares a bare {tp.__name__} with no element type; "
+                          f"annotate it (e.g. {tp.__name__}[str, ...]) so values can be parsed")
+    if origin is dict:
+        d = raw
+        if isinstance(raw, str):
+            try:
+                d = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{key}: expected a JSON object like {{\"a\": 1}}, got {raw!r} ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{key}: expected a JSON object like {{\"a\": 1}}, got {raw!r}")
+        kt, vt = args if len(args) == 2 else (str, typing.Any)
+        return {parse_value(key, kt, k): parse_value(f"{key}.{k}", vt, v) for k, v in d.items()}
     if origin in (tuple, list):
         items = raw
         if isinstance(raw, str):
             items = [s for s in raw.replace(" ", "").split(",") if s != ""]
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{key}: expected a comma-separated list, got {raw!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length, e.g. tuple[int, int]
+            if len(items) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {raw!r}")
+            return tuple(parse_value(key, a, x) for a, x in zip(args, items))
         elem = args[0] if args else str
         vals = [parse_value(key, elem, x) for x in items]
         return tuple(vals) if origin is tuple else vals
@@ -80,6 +98,8 @@ def parse_value(key: str, tp: Any, raw: Any) -> Any:
         if s in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{key}: expected a boolean (true/false), got {raw!r}")
+    if tp is typing.Any:
+        return raw
     if tp in (int, float, str):
         try:
             if tp is int and isinstance(raw, float) and not raw.is_integer():

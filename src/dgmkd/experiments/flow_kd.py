@@ -37,15 +37,15 @@ DESCRIPTION = "flow distillation (Walton et al.): LKD/ILKD/SKD students of MAF a
 
 @dataclass
 class Config:
-    datasets: tuple = ("faithful", "wine", "breast_cancer", "patches")
-    archs: tuple = ("maf", "glow")
-    methods: tuple = ("student", "lkd", "ilkd", "skd")
+    datasets: tuple[str, ...] = ("faithful", "wine", "breast_cancer", "patches")
+    archs: tuple[str, ...] = ("maf", "glow")
+    methods: tuple[str, ...] = ("student", "lkd", "ilkd", "skd")
     seeds: int = 3
     # (steps, hidden) of teacher and student per architecture (paper Table 3; Glow: see docs)
-    maf_teacher: tuple = (6, 32)
-    maf_student: tuple = (3, 32)
-    glow_teacher: tuple = (6, 64)
-    glow_student: tuple = (3, 32)
+    maf_teacher: tuple[int, int] = (6, 32)
+    maf_student: tuple[int, int] = (3, 32)
+    glow_teacher: tuple[int, int] = (6, 64)
+    glow_student: tuple[int, int] = (3, 32)
     teacher_steps: int = 1000
     student_steps: int = 500
     batch: int = 256
@@ -55,15 +55,15 @@ class Config:
     eval_every: int = 50
     prior_batch: int = 128
     skd_temperature: float = 1.0
-    skip: tuple = ("maf:patches:skd",)  # arch:dataset:method combinations not run (cost, see docs)
-    patches: dict = field(default_factory=lambda: {"n_train": 10000, "n_val": 1000, "n_test": 5000})
+    skip: tuple[str, ...] = ("maf:patches:skd",)  # arch:dataset:method combinations not run (cost, see docs)
+    patches: dict[str, int] = field(default_factory=lambda: {"n_train": 10000, "n_val": 1000, "n_test": 5000})
     speed_batch: int = 1000
     speed_repeats: int = 20
     # image part
     images: bool = True
     image_levels: int = 2
-    image_teacher: tuple = (8, 64)
-    image_student: tuple = (2, 32)
+    image_teacher: tuple[int, int] = (8, 64)
+    image_student: tuple[int, int] = (2, 32)
     image_teacher_steps: int = 1500
     image_student_steps: int = 800
     image_batch: int = 64
