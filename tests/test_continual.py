@@ -190,6 +190,38 @@ def test_experiment_smoke_and_report_rebuild(tmp_path):
         exp.run(cfgmod.override(exp.Config(), {"methods": ("nope",)}), tmp_path)
 
 
+def test_compare_tabulates_the_tradeoff_over_r(tmp_path):
+    # two runs that differ in r; the cross-run table holds each (split, method, r) with the means
+    # over seeds of the Old change and the New value, and the plot is written next to the output
+    from dgmkd import report as reportmod
+    from dgmkd.experiments.continual import METRICS
+
+    def write_run(d, r, fd_new):
+        rows = []
+        for seed, bump in ((0, 0.0), (1, 2.0)):
+            base = {"split": "even>odd", "seed": seed, "r": r, "n_old": 10, "n_new": 10}
+            rows.append({**base, "method": "M_old", **{f"old_{k}": 1.0 for k, _ in METRICS},
+                         **{f"new_{k}": float("nan") for k, _ in METRICS}, **{f"dold_{k}": 0.0 for k, _ in METRICS}})
+            for m, dfd in (("unified", 1.0), ("curl", 5.0)):
+                rows.append({**base, "method": m, **{f"old_{k}": 1.0 + dfd for k, _ in METRICS},
+                             **{f"new_{k}": fd_new[m] + bump for k, _ in METRICS},
+                             **{f"dold_{k}": dfd + bump for k, _ in METRICS}})
+        dgmkd.rundir.write_csv(d / "results.csv", rows)
+        dgmkd.rundir.write_json(d / "config.json", {"experiment": "continual", "r": r})
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    write_run(a, 0.5, {"unified": 30.0, "curl": 20.0})
+    write_run(b, 0.9, {"unified": 22.0, "curl": 19.0})
+    text = reportmod.compare([a, b], out=tmp_path / "cmp" / "cmp.md")
+    assert "| even>odd | unified | 0.5 | 2 | +2.000 | 31.00 |" in text  # means of seeds 0 and 1
+    assert "| even>odd | curl | 0.9 | 2 | +6.000 | 20.00 |" in text
+    assert (tmp_path / "cmp" / "tradeoff.png").is_file()
+    (tmp_path / "cmp" / "tradeoff.png").unlink()
+    assert "![trade-off]" not in reportmod.compare([a, b])  # without out: the table, no plot
+    assert not list(tmp_path.rglob("tradeoff.png"))
+
+
 # ------------------------------------------------------------------------------- CelebA (your files)
 CELEBA_NAMES = ["Eyeglasses", "Male", "No_Beard", "Smiling"]
 

@@ -15,3 +15,22 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     assert len(ns["history"]["loss"]) == 5
     assert (tmp_path / "runs" / "my-kd.pt").exists()
     assert ns["loss"].requires_grad
+
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_readme_lists_every_experiment_with_its_doc():
+    from dgmkd.experiments import EXPERIMENTS
+
+    text = (ROOT / "README.md").read_text()
+    listed = re.findall(r"^\| `dgmkd run ([\w-]+)", text, re.M)
+    assert sorted(listed) == sorted(EXPERIMENTS)
+    for link in re.findall(r"\]\((docs/[\w./-]+)\)", text):
+        assert (ROOT / link).exists(), link
+
+
+def test_readme_lists_every_benchmark():
+    text = (ROOT / "README.md").read_text()
+    for f in (ROOT / "benchmarks").glob("*.py"):
+        assert f"benchmarks/{f.name}" in text, f.name

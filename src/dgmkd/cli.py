@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "report":
         try:
-            text = report.compare(args.runs)
+            text = report.compare(args.runs, args.out)
         except (FileNotFoundError, KeyError, ValueError) as e:
             print(f"dgmkd: error: {e.args[0] if e.args else e}", file=sys.stderr)
             return 2

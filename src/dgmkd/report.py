@@ -42,14 +42,25 @@ def rebuild(run: str | Path) -> str:
     return path.read_text()
 
 
-def compare(runs: list[str | Path]) -> str:
-    """Markdown: the config keys that differ between ``runs``, then each run's rebuilt report."""
+def compare(runs: list[str | Path], out: str | Path | None = None) -> str:
+    """Markdown: the config keys that differ between ``runs``, then each run's rebuilt report.
+
+    When every run is of one experiment whose module has ``compare(runs, out)`` (e.g. the
+    continual experiment's trade-off over ``r``), its cross-run table comes first; plots it makes
+    go to the folder of ``out`` (the comparison file), or are not made without one.
+    """
     runs = [Path(r) for r in runs]
     cfgs = [_config(r) for r in runs]
     reports = [rebuild(r) for r in runs]
+    names = {c["experiment"] for c in cfgs}
+    cross = []
+    if len(runs) > 1 and len(names) == 1:
+        mod = experiments.get(names.pop())
+        if hasattr(mod, "compare"):
+            cross = [mod.compare(runs, None if out is None else Path(out).parent).strip(), ""]
     keys = sorted({k for c in cfgs for k in c})
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in cfgs}) > 1]
-    lines = [f"# Comparison of {len(runs)} run(s)", ""]
+    lines = [f"# Comparison of {len(runs)} run(s)", "", *cross]
     if len(runs) > 1:
         if differ:
             lines += ["| key | " + " | ".join(r.name for r in runs) + " |", "|---|" + "---|" * len(runs)]

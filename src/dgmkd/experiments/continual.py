@@ -374,6 +374,57 @@ def goal_check(rows) -> tuple[list[str], bool]:
     return lines, ok_all
 
 
+def compare(runs: list[Path], out: Path | None = None) -> str:
+    """The trade-off across runs that differ in ``r`` (the weight of ``L_new``): per split and
+    method, the Old degradation and the New value of each metric at every ``r`` (means over
+    seeds), and with ``out`` a plot ``tradeoff.png`` of FD New against FD Old change, one line
+    per method through its ``r`` values. A method is better on both counts where its line lies
+    below and left of another's."""
+    pts: dict[tuple[str, str], dict[float, dict[str, float]]] = {}
+    for run in runs:
+        rows, _, _ = _load(Path(run))
+        for (split, method), rs in _groups([r for r in rows if r["method"] != "M_old"]).items():
+            r_val = round(float(rs[0]["r"]), 3)
+            cell = {f"dold_{k}": _mean(rs, f"dold_{k}") for k, _ in METRICS}
+            cell.update({f"new_{k}": _mean(rs, f"new_{k}") for k, _ in METRICS})
+            cell["seeds"] = len(rs)
+            pts.setdefault((split, method), {})[r_val] = cell
+    head = "| split | method | r | seeds | " + " | ".join(f"{n} Old Δ | {n} New" for _, n in METRICS) + " |"
+    lines = ["## Trade-off over r (weight of L_new): Old change and New value, means over seeds", "",
+             head, "|" + "---|" * (4 + 2 * len(METRICS))]
+    for (split, method), by_r in sorted(pts.items()):
+        for r_val, c in sorted(by_r.items()):
+            cells = [f"{c[f'dold_{k}']:+.3f} | {_f(c[f'new_{k}'])}" for k, _ in METRICS]
+            lines.append(f"| {split} | {method} | {r_val} | {c['seeds']} | " + " | ".join(cells) + " |")
+    if out is not None and pts:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        splits = sorted({s for s, _ in pts})
+        fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.6), squeeze=False)
+        for ax, split in zip(axes[0], splits):
+            for (s_, method), by_r in sorted(pts.items()):
+                if s_ != split:
+                    continue
+                rs = sorted(by_r)
+                xs, ys = [by_r[r]["dold_fd"] for r in rs], [by_r[r]["new_fd"] for r in rs]
+                ax.plot(xs, ys, "o-", label=method)
+                for r_val, x, y in zip(rs, xs, ys):
+                    ax.annotate(f"r={r_val}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.set_title(split, fontsize=9)
+            ax.set_xlabel("FD Old change (lower: less forgetting)", fontsize=8)
+            ax.set_ylabel("FD New (lower: better new samples)", fontsize=8)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        Path(out).mkdir(parents=True, exist_ok=True)
+        fig.savefig(Path(out) / "tradeoff.png", dpi=110)
+        plt.close(fig)
+        lines += ["", "![trade-off](tradeoff.png)"]
+    return "\n".join(lines) + "\n"
+
+
 def report(out: str | Path, quiet: bool = False) -> str:
     """(Re)build ``report.md`` from the run's ``results.csv``, ``timing.json`` and ``config.json``."""
     out = Path(out)
