@@ -84,3 +84,20 @@ def test_analytic_kl_and_reverse_kl():
 def test_get_unknown_name():
     with pytest.raises(ValueError, match="choose one of kl, reverse_kl, w2, l2, l1"):
         D.get("hellinger")
+
+
+def test_binomial_kl_is_exact_at_saturated_probabilities():
+    # torch's closed form returns -inf at a = 1; ours must equal the KL by enumerating the pmf
+    from torch.distributions import Binomial
+
+    n = 12
+    a = torch.tensor([1.0, 0.0, 0.3, 0.999, 1e-4], dtype=torch.float64)
+    b = torch.tensor([0.5, 0.5, 0.7, 0.2, 0.6], dtype=torch.float64)
+    p, q = Binomial(n, a), Binomial(n, b)
+    k = torch.arange(n + 1, dtype=torch.float64).unsqueeze(-1)
+    lp, lq = p.log_prob(k), q.log_prob(k)
+    exact = (lp.exp() * (lp - lq)).nan_to_num(0.0).sum(0)  # 0 * log 0 = 0
+    for f in (D.kl(p, q), D.reverse_kl(q, p)):
+        assert torch.isfinite(f).all() and torch.allclose(f, exact, atol=1e-9)
+    # a student whose count is smaller cannot cover the teacher's support: infinite KL
+    assert torch.isinf(D.kl(Binomial(5, torch.tensor(0.5)), Binomial(4, torch.tensor(0.5))))

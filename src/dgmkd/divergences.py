@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Binomial, Independent, MultivariateNormal, Normal, kl_divergence
 
 __all__ = ["get", "reduce", "kl", "reverse_kl", "w2", "l2", "l1", "NAMES"]
 
@@ -58,12 +58,28 @@ def _point_error(name):
     )
 
 
+def _kl_binomial(p: Binomial, q: Binomial) -> torch.Tensor:
+    """``KL(Bin(n, a) || Bin(n, b))`` written with ``xlogy``, finite at ``a`` in {0, 1}: torch's
+    closed form (2.x) goes through ``logits`` and returns -inf or NaN there, which a teacher with
+    a saturated probability (e.g. ``Binomial(1000, z/1000)`` at ``z = 1000``) reaches."""
+    a, b = p.probs, q.probs
+    kl = p.total_count * (torch.xlogy(a, a) - torch.xlogy(a, b) + torch.xlogy(1 - a, 1 - a) - torch.xlogy(1 - a, 1 - b))
+    return torch.where(p.total_count > q.total_count, torch.full_like(kl, float("inf")), kl)
+
+
+def _closed_kl(p, q) -> torch.Tensor:
+    """torch's closed-form KL, with :func:`_kl_binomial` for Binomial pairs."""
+    if type(p) is Binomial and type(q) is Binomial and not (p.total_count < q.total_count).any():
+        return _kl_binomial(p, q)
+    return kl_divergence(p, q)
+
+
 def kl(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
     """``KL(p || q)``; Monte Carlo at ``value`` (a sample of ``p``) where no closed form exists."""
     if _is_point(p) or _is_point(q):
         raise _point_error("kl")
     try:
-        return kl_divergence(p, q)
+        return _closed_kl(p, q)
     except NotImplementedError:
         if value is None:
             value = p.sample()
@@ -76,7 +92,7 @@ def reverse_kl(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
     if _is_point(p) or _is_point(q):
         raise _point_error("reverse_kl")
     try:
-        return kl_divergence(q, p)
+        return _closed_kl(q, p)
     except NotImplementedError:
         if not q.has_rsample:
             raise TypeError(
