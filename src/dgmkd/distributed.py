@@ -16,6 +16,8 @@ Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) all of this is a no-
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 from typing import Any
 
@@ -52,7 +54,20 @@ def init(device: str | torch.device | None = None) -> bool:
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    atexit.register(_shutdown)
     return active()
+
+
+def _shutdown() -> None:
+    """Destroy the process group :func:`init` created, at interpreter exit. Left alive, its
+    communication threads can outlive the interpreter and abort the process ("terminate called
+    without an active exception", exit code -6), which torchrun reports as a failed run though
+    the work was done. Measured on this 2-core CPU machine with gloo: 4 aborts in 56 two-process
+    runs (benchmarks/ddp_scaling.py and tests/scripts/ddp_distill.py) without this handler or
+    with ``destroy_process_group`` alone, 0 in 56 with the collection first."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # DistributedDataParallel objects sit in reference cycles: free them (and their threads) first
+        dist.destroy_process_group()
 
 
 def device_for(device: str | torch.device | None) -> torch.device | None:
