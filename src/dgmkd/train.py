@@ -297,13 +297,11 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     distributed = ddp.active()
     runner = None if distributed else objective  # DistributedDataParallel, made at the first step
 
-    start_step = [None]
+    first_step = True  # of this call (after a resume too): validate arguments, make the DDP wrapper
 
     def step_fn(args, step):
-        nonlocal runner
-        first = start_step[0] is None
-        if first:
-            start_step[0] = step
+        nonlocal runner, first_step
+        first, first_step = first_step, False
         if runner is None:
             unused = find_unused_parameters
             if unused is None:
