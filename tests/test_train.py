@@ -146,3 +146,60 @@ def test_device_argument_moves_models_and_inputs():
     t, s = models()
     h = dgmkd.distill(t, s, 8, steps=2, device="cpu", progress=False)
     assert len(h["loss"]) == 2
+
+
+# ----------------------------------------------------------------------------- fit
+def test_fit_minimizes_and_resumes_exactly(tmp_path):
+    from dgmkd.train import fit, minibatches
+
+    x = torch.randn(200, 3)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(200)
+
+    def run(steps, path):
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(3, 1)
+        h = fit(lambda a, s: ((lin(a[0]).squeeze(-1) - a[1]) ** 2).mean(), lin, minibatches(x, y, batch=16),
+                steps, lr=0.05, checkpoint=path, checkpoint_every=7, progress=False, seed=3)
+        return lin, h
+
+    full, hf = run(40, None)
+    assert hf["loss"][-1] < 0.1 * hf["loss"][0]
+    run(19, tmp_path / "c.pt")  # "killed" after 19 steps (checkpoint at 19)
+    resumed, hr = run(40, tmp_path / "c.pt")
+    assert hr["loss"] == hf["loss"]
+    assert torch.equal(resumed.weight, full.weight)
+
+
+def test_fit_guard_stops_before_the_step(tmp_path):
+    from dgmkd.train import NonFiniteLossError, fit
+
+    lin = torch.nn.Linear(1, 1)
+    w0 = lin.weight.detach().clone()
+    with pytest.raises(NonFiniteLossError, match="step 0"):
+        fit(lambda a, s: lin(torch.ones(1, 1)).sum() * float("inf"), lin, 1, 5, progress=False)
+    assert torch.equal(lin.weight, w0)  # the inf never reached the weights
+
+
+def test_fit_alternating_objectives_touch_only_their_parameters():
+    from dgmkd.train import fit
+
+    a, b = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    b0 = b.weight.detach().clone()
+    h = fit({"a": lambda args, s: (a(torch.ones(1, 1)) - 3).pow(2).sum(),
+             "b": lambda args, s: {"loss": 0 * b(torch.ones(1, 1)).sum(), "extra": torch.tensor(1.0)}},
+            {"a": a, "b": b}, 1, 200, params={"a": list(a.parameters()), "b": list(b.parameters())},
+            lr={"a": 0.05, "b": 0.0 + 1e-9}, progress=False)
+    assert h["a.loss"][-1] < 1e-3 and h["b.extra"][-1] == 1.0
+    assert torch.allclose(b.weight, b0, atol=1e-6)
+
+
+def test_fit_rejects_bad_arguments():
+    from dgmkd.train import fit
+
+    lin = torch.nn.Linear(1, 1)
+    with pytest.raises(ValueError, match="learning rate"):
+        fit(lambda a, s: lin(torch.ones(1, 1)).sum(), lin, 1, 1, lr=float("nan"), progress=False)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        fit(lambda a, s: lin(torch.ones(1, 1)).sum(), lin, 1, 1, optimizer="lbfgs", progress=False)
+    with pytest.raises(KeyError, match="without a 'loss'"):
+        fit(lambda a, s: {"x": lin(torch.ones(1, 1)).sum()}, lin, 1, 1, progress=False)

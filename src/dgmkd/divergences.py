@@ -112,6 +112,16 @@ def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
     return (evecs * evals.clamp(min=0).sqrt().unsqueeze(-2)) @ evecs.transpose(-1, -2)
 
 
+def w2_gaussian(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
+    """Squared 2-Wasserstein distance between ``N(mu1, cov1)`` and ``N(mu2, cov2)``:
+    ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S2^1/2 S1 S2^1/2)^1/2)``. Covariances may be singular (PSD);
+    batch dimensions broadcast. With Gaussians fitted to features it is the Fréchet distance."""
+    r2 = _sqrtm_psd(cov2)
+    cross = _sqrtm_psd(r2 @ cov1 @ r2)
+    tr = (cov1 + cov2 - 2 * cross).diagonal(dim1=-2, dim2=-1).sum(-1)
+    return ((mu1 - mu2) ** 2).sum(-1) + tr
+
+
 def w2(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
     """Squared 2-Wasserstein distance (closed forms for Gaussians and point masses)."""
     from .delta import Delta
@@ -130,11 +140,7 @@ def w2(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
         n = p.reinterpreted_batch_ndims
         return d.flatten(-n).sum(-1) if n else d
     if isinstance(p, MultivariateNormal) and isinstance(q, MultivariateNormal):
-        s1, s2 = p.covariance_matrix, q.covariance_matrix
-        r2 = _sqrtm_psd(s2)
-        cross = _sqrtm_psd(r2 @ s1 @ r2)
-        tr = (s1 + s2 - 2 * cross).diagonal(dim1=-2, dim2=-1).sum(-1)
-        return ((p.loc - q.loc) ** 2).sum(-1) + tr
+        return w2_gaussian(p.loc, p.covariance_matrix, q.loc, q.covariance_matrix)
     raise TypeError(
         f"'w2' has a closed form here for Normal, Independent(Normal), MultivariateNormal and "
         f"deterministic sites; got {_tname(p)} and {_tname(q)}. Pass a callable for other families."

@@ -35,7 +35,7 @@ from . import distributed as ddp
 from . import losses
 from .coupling import couple
 
-__all__ = ["train", "distill", "NonFiniteLossError", "make_inputs"]
+__all__ = ["train", "fit", "distill", "minibatches", "NonFiniteLossError", "make_inputs"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -216,6 +216,187 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
     return history
 
 
+def minibatches(*tensors: torch.Tensor, batch: int) -> Callable[[], tuple]:
+    """A sampler for :func:`fit`: each call returns one minibatch of ``tensors`` (rows drawn
+    uniformly with replacement, the same rows from every tensor).
+
+    The rows come from torch's global RNG, which :func:`train` seeds, checkpoints and restores, so
+    a resumed run draws the minibatches an uninterrupted one would. Under ``torchrun`` each rank
+    draws ``batch / world_size`` rows from its own stream, so the ranks together see ``batch``.
+
+    Example:
+        >>> import torch
+        >>> x, y = torch.arange(10.0), torch.arange(10)
+        >>> xb, yb = minibatches(x, y, batch=4)()
+        >>> xb.shape, bool((xb == yb.float()).all())
+        (torch.Size([4]), True)
+    """
+    if not tensors:
+        raise ValueError("minibatches needs at least one tensor")
+    n = len(tensors[0])
+    if any(len(t) != n for t in tensors):
+        raise ValueError(f"minibatches: tensors have different lengths {[len(t) for t in tensors]}")
+    if n == 0:
+        raise ValueError("minibatches: the data is empty")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"minibatches: batch must be a positive integer, got {batch!r}")
+
+    def draw():
+        idx = torch.randint(n, (ddp.split_batch(batch) if ddp.active() else batch,))
+        return tuple(t[idx] for t in tensors)
+
+    return draw
+
+
+def _unique_params(modules) -> list[torch.nn.Parameter]:
+    seen, out = set(), []
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def _average_gradients(params: list[torch.Tensor]) -> None:
+    """All-reduce (mean) the gradients of ``params`` over the ranks of an active process group."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= ddp.world_size()
+    i = 0
+    for g in grads:
+        g.copy_(flat[i:i + g.numel()].view_as(g))
+        i += g.numel()
+
+
+def _broadcast_parameters(modules) -> None:
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            torch.distributed.broadcast(t.data, src=0)
+
+
+def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | dict[str, torch.nn.Module], inputs,
+        steps: int, *, lr: float | dict[str, float] = 1e-3,
+        params: list | dict[str, list] | None = None, optimizer: str | torch.optim.Optimizer = "adam", betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0, grad_clip: float | None = None, lr_schedule: Callable[[int], float] | None = None,
+        checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, resume: bool = True,
+        seed: int | None = 0, device=None, progress: bool = True, desc: str = "fit",
+        callback: Callable[[int, dict], None] | None = None, sync_gradients: bool = True,
+        data_parallel: bool | None = None) -> dict[str, list]:
+    """Minimize ``objective`` over the parameters of ``modules``: the one optimization loop.
+
+    Every training loop of the library (teachers, scratch students, distillation, the method loops,
+    generators, feature networks) is a call of :func:`fit`, so each gets :func:`train`'s atomic
+    checkpoints, exact resume, progress bar and non-finite guard, and runs data-parallel under
+    ``torchrun``.
+
+    ``objective(args, step)`` returns the loss (a scalar tensor) or a dict of metrics whose
+    ``"loss"`` is minimized and the rest logged; ``args`` is the tuple of one step's inputs (see
+    :func:`make_inputs`: a batch size, a sampler such as :func:`minibatches`, or an iterable).
+    For alternating games (a generator against a student) pass a dict ``{name: objective}`` with
+    ``params={name: [...]}`` (and optionally ``lr={name: ...}``): each step runs the objectives in
+    order, each with its own optimizer, and logs their metrics as ``name.metric``.
+
+    The loss is checked for NaN/inf *before* the optimizer step, so a non-finite loss never
+    reaches the weights and the last checkpoint stays good. ``lr_schedule(step)`` multiplies the
+    base learning rate (a pure function of the step, so resume is exact). Under ``torchrun``
+    each rank draws its own inputs (seed ``seed + rank``) and the gradients are averaged over the
+    ranks before each step (``sync_gradients``; pass ``False`` when the objective is already a
+    ``DistributedDataParallel`` module, as in :func:`distill`), so N processes train like one with
+    an N-times larger batch. ``data_parallel=False`` runs every rank replicated instead.
+
+    Example:
+        >>> import torch
+        >>> from dgmkd.train import fit, minibatches
+        >>> x = torch.randn(256, 3); y = x @ torch.tensor([1.0, -2.0, 0.5])
+        >>> lin = torch.nn.Linear(3, 1)
+        >>> hist = fit(lambda a, s: ((lin(a[0]).squeeze(-1) - a[1]) ** 2).mean(), lin,
+        ...            minibatches(x, y, batch=64), steps=300, lr=0.05, progress=False)
+        >>> hist["loss"][-1] < 1e-3
+        True
+    """
+    mods = modules if isinstance(modules, dict) else {"model": modules}
+    if not mods or not all(isinstance(m, torch.nn.Module) for m in mods.values()):
+        raise TypeError("fit: modules must be an nn.Module or a non-empty dict of them")
+    objectives = objective if isinstance(objective, dict) else {"": objective}
+    if isinstance(objective, dict):
+        if not isinstance(params, dict) or set(params) != set(objectives):
+            raise ValueError(f"fit: with several objectives {sorted(objectives)}, params must be a dict with the "
+                             "same keys")
+        groups = {k: list(params[k]) for k in objectives}
+    else:
+        groups = {"": list(params) if params is not None else _unique_params(mods.values())}
+    for k, ps in groups.items():
+        if not ps:
+            raise ValueError(f"fit: {'objective ' + repr(k) + ' has' if k else 'the modules have'} no trainable "
+                             "parameters")
+    ddp.init(device)
+    device = ddp.device_for(device)
+    if device is not None:
+        for m in mods.values():
+            m.to(device)
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    opts = {}
+    if isinstance(optimizer, torch.optim.Optimizer):
+        if len(groups) != 1:
+            raise ValueError("fit: an optimizer object serves one objective; pass a name for several")
+        opts[next(iter(groups))] = optimizer
+    elif optimizer not in opt_cls:
+        raise ValueError(f"fit: unknown optimizer {optimizer!r}; choose {', '.join(opt_cls)}")
+    else:
+        for k, ps in groups.items():
+            rate = lr[k] if isinstance(lr, dict) else lr
+            if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+                raise ValueError(f"fit: the learning rate must be a positive finite number, got {rate!r}")
+            kw = {"lr": rate, "weight_decay": weight_decay}
+            if optimizer != "sgd":
+                kw["betas"] = betas
+            opts[k] = opt_cls[optimizer](ps, **kw)
+    base_lr = {k: [g["lr"] for g in o.param_groups] for k, o in opts.items()}
+    parallel = ddp.active() if data_parallel is None else (data_parallel and ddp.active())
+    sync = sync_gradients and parallel
+    if sync:
+        _broadcast_parameters(mods.values())
+    path = str(checkpoint) if checkpoint is not None else None
+    for m in mods.values():
+        m.train()
+
+    def step_fn(args, step):
+        row = {}
+        for k, obj in objectives.items():
+            out = obj(args, step)
+            metrics = out if isinstance(out, dict) else {"loss": out}
+            if "loss" not in metrics:
+                raise KeyError(f"fit: the objective {k or ''} returned {sorted(metrics)} without a 'loss'")
+            loss = metrics["loss"]
+            # before the step, on every rank (averaged over ranks): a non-finite loss never reaches the weights
+            value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+            check_finite(ddp.mean_over_ranks({"loss": value})["loss"] if parallel else value, step,
+                         f"{k}.loss" if k else "loss", path)
+            opt = opts[k]
+            if lr_schedule is not None:
+                f = float(lr_schedule(step))
+                for g, b in zip(opt.param_groups, base_lr[k]):
+                    g["lr"] = b * f
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if sync:
+                _average_gradients(groups[k])
+            _clip(groups[k], grad_clip)
+            opt.step()
+            row.update({(f"{k}.{n}" if k else n): (v.detach() if isinstance(v, torch.Tensor) else v)
+                        for n, v in metrics.items()})
+        return row
+
+    state = {**mods, **{("optimizer" if not k else f"optimizer.{k}"): o for k, o in opts.items()}}
+    return train(step_fn, inputs, steps, state=state, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                 resume=resume, seed=seed, device=device, progress=progress, desc=desc, callback=callback,
+                 data_parallel=parallel)
+
+
 class _Objective(torch.nn.Module):
     """The distillation loss as a module that owns the student (and only the student).
 
@@ -283,7 +464,6 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     params = [p for p in student.parameters() if p.requires_grad]
     if not params and optimizer is None:
         raise ValueError("the student has no trainable parameters")
-    opt = optimizer or torch.optim.Adam(params, lr=lr)
     mode = "teacher_forced" if method == "local" else "shared_noise"
 
     def loss_fn(c):
@@ -296,10 +476,9 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     objective = _Objective(teacher, student, mode, loss_fn)
     distributed = ddp.active()
     runner = None if distributed else objective  # DistributedDataParallel, made at the first step
-
     first_step = True  # of this call (after a resume too): validate arguments, make the DDP wrapper
 
-    def step_fn(args, step):
+    def step_loss(args, step):
         nonlocal runner, first_step
         first, first_step = first_step, False
         if runner is None:
@@ -309,16 +488,10 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
                     unused = ddp.any_unused(objective(*args), params)
             runner = ddp.wrap(objective, find_unused_parameters=unused)
         # torch's distribution argument checks run on the first step only (see couple())
-        loss = runner(*args, validate_args=None if first else False)
-        if not distributed:  # under DDP the rank-averaged loss is checked after the step, on every rank
-            check_finite(loss, step, "loss", str(checkpoint) if checkpoint else None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        _clip(params, grad_clip)
-        opt.step()
-        return {"loss": loss.detach()}
+        return runner(*args, validate_args=None if first else False)
 
-    return train(step_fn, inputs, steps, state={"student": student, "optimizer": opt}, checkpoint=checkpoint,
-                 checkpoint_every=checkpoint_every, resume=resume, seed=seed, device=device, progress=progress,
-                 desc=f"distill[{method if isinstance(method, str) else 'custom'}]", callback=callback,
-                 data_parallel=distributed)
+    return fit(step_loss, {"student": student}, inputs, steps, lr=lr, params=params,
+               optimizer=optimizer if optimizer is not None else "adam", grad_clip=grad_clip,
+               checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, seed=seed, device=device,
+               progress=progress, desc=f"distill[{method if isinstance(method, str) else 'custom'}]",
+               callback=callback, sync_gradients=False, data_parallel=distributed)
