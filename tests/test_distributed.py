@@ -83,3 +83,25 @@ def test_any_unused_finds_parameters_without_gradient():
     a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
     assert any_unused((a * 2).sum(), [a, b])
     assert not any_unused((a * b).sum(), [a, b])
+
+
+def test_fit_is_data_parallel_under_torchrun(tmp_path):
+    """Two ranks, each on half of the data, with gradients averaged by fit(): the same weights on
+    both ranks (rank 0's initialization is broadcast even when the ranks start apart) and the same
+    result as one process on all the data."""
+    script = str(Path(__file__).parent / "scripts" / "ddp_fit.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(out, nproc, *extra):
+        out.mkdir()
+        cmd = ([sys.executable, script] if nproc == 1 else
+               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script])
+        r = subprocess.run(cmd + [str(out), "40", *extra], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return [torch.load(out / f"rank{i}.pt", weights_only=True) for i in range(nproc)]
+
+    (one,) = run(tmp_path / "one", 1)
+    a, b = run(tmp_path / "two", 2, "apart")
+    assert a["world"] == 2 and torch.equal(a["params"], b["params"])
+    assert torch.allclose(a["params"], one["params"], atol=1e-5), (a["params"], one["params"])
+    assert one["loss"][-1] < 0.2 * one["loss"][0]

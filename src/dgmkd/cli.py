@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "report":
         try:
             text = report.compare(args.runs, args.out)
-        except (FileNotFoundError, KeyError, ValueError) as e:
-            print(f"dgmkd: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        except (FileNotFoundError, KeyError, ValueError) as e:  # ReportDataError and ConfigError are ValueErrors
+            msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+            print(f"dgmkd: error: {msg}", file=sys.stderr)
             return 2
         if args.out:
             with open(args.out, "w") as f:

@@ -1,9 +1,12 @@
 """Rebuild and compare run directories (``dgmkd report RUN_DIR...``).
 
 Every run directory holds ``config.json`` (the resolved config, with the experiment's name).
-For each run, the experiment module's ``report(run_dir)`` — where it has one — rebuilds
-``report.md`` and the plots from the run's own CSV/JSON files; then the runs are put side by side:
-the config keys that differ between them, and each run's report.
+For each run, the experiment module's ``report(run_dir)`` (every experiment has one) rebuilds
+``report.md`` and the plots from the run's own CSV/JSON files, read through the checked readers of
+:mod:`dgmkd.harness`: a missing, empty or malformed file stops the rebuild with an error naming it,
+before anything is written, so a good report is never replaced by one built from damaged data.
+Then the runs are put side by side: the config keys that differ between them, and each run's
+report.
 """
 
 from __future__ import annotations
@@ -34,12 +37,9 @@ def rebuild(run: str | Path) -> str:
     run = Path(run)
     cfg = _config(run)
     mod = experiments.get(cfg["experiment"])
-    if hasattr(mod, "report"):
-        return mod.report(run)
-    path = run / "report.md"
-    if not path.exists():
-        raise FileNotFoundError(f"{str(run)!r} has no report.md and {cfg['experiment']} cannot rebuild one")
-    return path.read_text()
+    if not hasattr(mod, "report"):
+        raise ValueError(f"experiment {cfg['experiment']!r} cannot rebuild its report")
+    return mod.report(run)
 
 
 def compare(runs: list[str | Path], out: str | Path | None = None) -> str:
