@@ -74,33 +74,32 @@ def _closed_kl(p, q) -> torch.Tensor:
     return kl_divergence(p, q)
 
 
-def kl(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
-    """``KL(p || q)``; Monte Carlo at ``value`` (a sample of ``p``) where no closed form exists."""
+def _kl_or_mc(name: str, p, q, draw) -> torch.Tensor:
+    """``KL(p || q)`` in closed form, else the Monte Carlo term ``log p(v) - log q(v)`` at
+    ``v = draw()`` (a sample of ``p``)."""
     if _is_point(p) or _is_point(q):
-        raise _point_error("kl")
+        raise _point_error(name)
     try:
         return _closed_kl(p, q)
     except NotImplementedError:
-        if value is None:
-            value = p.sample()
-        value = value.detach()
-        return p.log_prob(value) - q.log_prob(value)
+        v = draw()
+        return p.log_prob(v) - q.log_prob(v)
+
+
+def kl(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
+    """``KL(p || q)``; Monte Carlo at ``value`` (a sample of ``p``) where no closed form exists."""
+    return _kl_or_mc("kl", p, q, lambda: (p.sample() if value is None else value).detach())
 
 
 def reverse_kl(p, q, value: torch.Tensor | None = None) -> torch.Tensor:
     """``KL(q || p)`` with ``p`` the teacher: mode-seeking; Monte Carlo through ``q.rsample()``."""
-    if _is_point(p) or _is_point(q):
-        raise _point_error("reverse_kl")
-    try:
-        return _closed_kl(q, p)
-    except NotImplementedError:
+    def draw():
         if not q.has_rsample:
-            raise TypeError(
-                f"reverse_kl between {type(q).__name__} and {type(p).__name__} has no closed form and "
-                f"{type(q).__name__} cannot be reparameterized for a Monte Carlo estimate"
-            ) from None
-        v = q.rsample()
-        return q.log_prob(v) - p.log_prob(v)
+            raise TypeError(f"reverse_kl between {type(q).__name__} and {type(p).__name__} has no closed form and "
+                            f"{type(q).__name__} cannot be reparameterized for a Monte Carlo estimate")
+        return q.rsample()
+
+    return _kl_or_mc("reverse_kl", q, p, draw)
 
 
 def _w2_normal(p: Normal, q: Normal) -> torch.Tensor:
