@@ -203,3 +203,90 @@ def test_fit_rejects_bad_arguments():
         fit(lambda a, s: lin(torch.ones(1, 1)).sum(), lin, 1, 1, optimizer="lbfgs", progress=False)
     with pytest.raises(KeyError, match="without a 'loss'"):
         fit(lambda a, s: {"x": lin(torch.ones(1, 1)).sum()}, lin, 1, 1, progress=False)
+
+
+# ----------------------------------------------------------------------------- what a checkpoint knows
+@pytest.mark.parametrize("change", ["lr", "method", "teacher", "latent_weight", "student_shape"])
+def test_resume_with_another_run_refuses_and_lists_the_difference(tmp_path, change):
+    path = tmp_path / "ck.pt"
+    t, s = models()
+    dgmkd.distill(t, s, 16, steps=4, lr=1e-3, checkpoint=path, progress=False)
+    t, s = models()
+    kw = dict(steps=8, lr=1e-3, checkpoint=path, progress=False)
+    if change == "lr":
+        kw["lr"] = 5e-3
+    elif change == "method":
+        kw["method"] = "local"
+    elif change == "latent_weight":
+        kw["latent_weight"] = 0.5
+    elif change == "teacher":
+        with torch.no_grad():
+            next(t.parameters()).add_(0.01)
+    elif change == "student_shape":
+        s = MLPDGM((2, 2), hidden=5)
+    key = {"lr": "optimizers", "method": "method", "teacher": "teacher", "latent_weight": "latent_weight",
+           "student_shape": "modules"}[change]
+    with pytest.raises(ck.CheckpointError, match=rf"different run(.|\n)*{key}: checkpoint"):
+        dgmkd.distill(t, s, 16, **kw)
+
+
+def test_a_finished_run_says_so_and_the_same_run_resumes(tmp_path):
+    path = tmp_path / "ck.pt"
+    t, s = models()
+    dgmkd.distill(t, s, 16, steps=4, checkpoint=path, progress=False)
+    t, s = models()
+    with pytest.warns(UserWarning, match="finished run"):
+        h = dgmkd.distill(t, s, 16, steps=4, checkpoint=path, progress=False)
+    assert len(h["loss"]) == 4
+    t, s = models()
+    assert len(dgmkd.distill(t, s, 16, steps=6, checkpoint=path, progress=False)["loss"]) == 6
+
+
+def test_corrupt_checkpoint_is_refused_and_stale_temporaries_go(tmp_path):
+    path = tmp_path / "ck.pt"
+    t, s = models()
+    dgmkd.distill(t, s, 16, steps=3, checkpoint=path, progress=False)
+    data = bytearray(path.read_bytes())
+    w = max(ck.load(path)["state"]["student"].values(), key=lambda v: v.numel())
+    needle = w.numpy().tobytes()[:32]  # flip bytes inside the largest weight tensor's data
+    at = bytes(data).find(needle)
+    assert at > 0
+    data[at:at + 8] = bytes(b ^ 0xFF for b in data[at:at + 8])
+    path.write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointError, match="corrupt"):
+        ck.load(path)
+    stale = tmp_path / "ck.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    ck.save(path, {"step": 0})
+    assert not stale.exists() and ck.load(path) == {"step": 0}
+
+
+def test_unwritable_checkpoint_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    t, s = models()
+    before = _params(s)
+    with pytest.raises(ck.CheckpointError, match="cannot write checkpoint"):
+        dgmkd.distill(t, s, 16, steps=5, checkpoint=blocker / "sub" / "ck.pt", progress=False)
+    assert torch.equal(_params(s), before)
+
+
+def test_guard_with_checkpoint_every_step_keeps_a_resumable_state(tmp_path):
+    """The loss is checked before the optimizer step: with a checkpoint after every step, the kept
+    state is the one before the bad step, and resuming from it works."""
+    path = tmp_path / "ck.pt"
+    t, s = models()
+    calls = {"n": 0}
+
+    def loss(c):
+        calls["n"] += 1
+        base = dgmkd.losses.unified(c)
+        return base * float("inf") if calls["n"] == 6 else base
+
+    with pytest.raises(dgmkd.NonFiniteLossError, match="inf at step 5"):
+        dgmkd.distill(t, s, 16, method=loss, steps=10, checkpoint=path, checkpoint_every=1, progress=False)
+    saved = ck.load(path)
+    assert saved["step"] == 5 and all(torch.isfinite(v).all() for v in saved["state"]["student"].values())
+    t, s2 = models()
+    h = dgmkd.distill(t, s2, 16, method=loss, steps=10, checkpoint=path, checkpoint_every=1, progress=False)
+    assert len(h["loss"]) == 10 and all(map(lambda v: v == v and abs(v) < float("inf"), h["loss"]))

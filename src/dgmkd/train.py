@@ -24,8 +24,10 @@ Example (data-free: the inputs are a batch size):
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -120,7 +122,8 @@ def check_finite(value: torch.Tensor | float, step: int, name: str = "loss", pat
 def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: dict[str, Any] | None = None,
           checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, resume: bool = True,
           seed: int | None = 0, device=None, progress: bool = True, desc: str = "train",
-          callback: Callable[[int, dict], None] | None = None, data_parallel: bool = False) -> dict[str, list]:
+          callback: Callable[[int, dict], None] | None = None, data_parallel: bool = False,
+          fingerprint: dict[str, Any] | None = None) -> dict[str, list]:
     """Run ``step_fn(args, step) -> metrics`` for ``steps`` steps.
 
     ``state`` maps names to objects with ``state_dict`` / ``load_state_dict`` (modules,
@@ -129,6 +132,12 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
     existing checkpoint there is loaded first and the run continues from its step with its RNG
     state, so a killed run resumed ends where an uninterrupted one would. Every metric is checked
     for NaN/inf (:class:`NonFiniteLossError`). Returns the history ``{"step": [...], metric: [...]}``.
+
+    ``fingerprint`` (JSON-like: what produced the run — model shapes, method, hyperparameters, a
+    hash of a teacher's weights) is stored in the checkpoint; resuming from a checkpoint whose
+    fingerprint differs is a :class:`~dgmkd.checkpoint.CheckpointError` listing the differences,
+    so another model, method or learning rate never silently continues (or returns) an old run.
+    A checkpoint directory that cannot be written fails before the first step.
 
     Under ``torchrun`` (see :mod:`dgmkd.distributed`) rank 0 alone writes checkpoints, which
     hold every rank's RNG state, and metrics are averaged over ranks. With ``data_parallel=True``
@@ -152,8 +161,16 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
     history: dict[str, list] = {"step": []}
     start = 0
     path = str(checkpoint) if checkpoint is not None else None
+    fp = _normalize(fingerprint or {})
+    if path and rank == 0:
+        ckpt.check_writable(path)
     if path and resume and os.path.exists(path):
         saved = ckpt.load(path)
+        _check_fingerprint(path, saved.get("fingerprint"), fp)
+        if int(saved["step"]) >= steps:
+            warnings.warn(f"checkpoint {path!r} is of a finished run (step {int(saved['step'])} of {steps}): "
+                          "nothing to train; its weights and history are returned (pass resume=False or another "
+                          "checkpoint path to train again)", stacklevel=2)
         missing = set(state) - set(saved.get("state", {}))
         if missing:
             raise ckpt.CheckpointError(f"checkpoint {path!r} has no state for {sorted(missing)}; "
@@ -181,7 +198,7 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
         if rank != 0:
             return
         obj = {"step": step, "state": {n: o.state_dict() for n, o in state.items()},
-               "rng": torch.get_rng_state(), "rng_all": rng_all, "history": history}
+               "rng": torch.get_rng_state(), "rng_all": rng_all, "history": history, "fingerprint": fp}
         if torch.cuda.is_available():
             obj["cuda_rng"] = torch.cuda.get_rng_state_all()
         ckpt.save(path, obj)
@@ -214,6 +231,43 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
         if bar is not None:
             bar.close()
     return history
+
+
+def _normalize(obj):
+    """A fingerprint as plain JSON values (callables by qualified name, tuples as lists)."""
+    if isinstance(obj, dict):
+        return {str(k): _normalize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_normalize(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if callable(obj):
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+    return repr(obj)
+
+
+def _check_fingerprint(path: str, saved, now: dict) -> None:
+    if saved is None or saved == now:  # checkpoints written before fingerprints existed resume as before
+        return
+    diffs = []
+    for k in sorted(set(saved) | set(now)):
+        if saved.get(k) != now.get(k):
+            a, b = json.dumps(saved.get(k)), json.dumps(now.get(k))
+            diffs.append(f"{k}: checkpoint {a[:200]}, now {b[:200]}")
+    raise ckpt.CheckpointError(f"checkpoint {path!r} was written by a different run; refusing to resume it:\n  "
+                               + "\n  ".join(diffs) + "\n(use another checkpoint path, or resume=False to start over)")
+
+
+def module_fingerprint(module) -> dict:
+    """Parameter and buffer names with their shapes."""
+    return {n: list(t.shape) for n, t in module.state_dict().items()}
+
+
+def weights_hash(module) -> str:
+    """A short hash of a module's weights (a callable that is not a module: its qualified name)."""
+    if isinstance(module, torch.nn.Module):
+        return ckpt.checksum(module.state_dict())[:16]
+    return _normalize(module)
 
 
 def minibatches(*tensors: torch.Tensor, batch: int) -> Callable[[], tuple]:
@@ -285,7 +339,7 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, resume: bool = True,
         seed: int | None = 0, device=None, progress: bool = True, desc: str = "fit",
         callback: Callable[[int, dict], None] | None = None, sync_gradients: bool = True,
-        data_parallel: bool | None = None) -> dict[str, list]:
+        data_parallel: bool | None = None, fingerprint: dict[str, Any] | None = None) -> dict[str, list]:
     """Minimize ``objective`` over the parameters of ``modules``: the one optimization loop.
 
     Every training loop of the library (teachers, scratch students, distillation, the method loops,
@@ -307,6 +361,10 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
     ranks before each step (``sync_gradients``; pass ``False`` when the objective is already a
     ``DistributedDataParallel`` module, as in :func:`distill`), so N processes train like one with
     an N-times larger batch. ``data_parallel=False`` runs every rank replicated instead.
+
+    The checkpoint's fingerprint (see :func:`train`) holds the modules' parameter shapes, the
+    optimizer and its hyperparameters, ``grad_clip`` and whatever ``fingerprint`` adds; resuming
+    with any of them changed is an error listing what changed.
 
     Example:
         >>> import torch
@@ -392,9 +450,14 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
         return row
 
     state = {**mods, **{("optimizer" if not k else f"optimizer.{k}"): o for k, o in opts.items()}}
+    fp = {"modules": {n: module_fingerprint(m) for n, m in mods.items()},
+          "optimizers": {k: {"type": type(o).__name__,
+                             "hyper": [{h: v for h, v in g.items() if h != "params"} for g in o.param_groups]}
+                         for k, o in opts.items()},
+          "objectives": sorted(objectives), "grad_clip": grad_clip, "seed": seed, **(fingerprint or {})}
     return train(step_fn, inputs, steps, state=state, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                  resume=resume, seed=seed, device=device, progress=progress, desc=desc, callback=callback,
-                 data_parallel=parallel)
+                 data_parallel=parallel, fingerprint=fp)
 
 
 class _Objective(torch.nn.Module):
@@ -494,4 +557,9 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
                optimizer=optimizer if optimizer is not None else "adam", grad_clip=grad_clip,
                checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, seed=seed, device=device,
                progress=progress, desc=f"distill[{method if isinstance(method, str) else 'custom'}]",
-               callback=callback, sync_gradients=False, data_parallel=distributed)
+               callback=callback, sync_gradients=False, data_parallel=distributed,
+               fingerprint={"method": method, "latent_weight": latent_weight, "divergence": divergence,
+                            "latent_divergence": latent_divergence, "deterministic": deterministic,
+                            "teacher": weights_hash(teacher),
+                            "teacher_shapes": module_fingerprint(teacher) if isinstance(teacher, torch.nn.Module)
+                            else None})
