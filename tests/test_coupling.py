@@ -149,3 +149,43 @@ def test_handler_stack_is_clean_after_errors():
     with pytest.raises(SiteMismatchError):
         dgmkd.couple(chain(), chain(extra=True), 2)
     assert sites._STACK == []
+
+
+@pytest.mark.parametrize("mode", ["shared_noise", "teacher_forced"])
+@pytest.mark.parametrize("kind", ["latent", "target"])
+def test_a_narrower_student_site_is_an_error_not_a_broadcast(mode, kind):
+    """A student site declared (n, 1) against the teacher's (n, 2) would broadcast the teacher's
+    noise or value into a (n, 2) tensor and pass every later shape check."""
+    def model(width_z, width_y):
+        def f(n):
+            z = dgmkd.latent("z", Normal(torch.zeros(n, width_z if kind == "latent" else 2), 1.0))
+            return dgmkd.target("y", Normal(z.sum(-1, keepdim=True).expand(n, width_y if kind == "target" else 2), 1.0))
+        return f
+
+    teacher, student = model(2, 2), model(1, 1)
+    with pytest.raises(SiteMismatchError, match=rf"{kind} site '{'z' if kind == 'latent' else 'y'}'.*\(8, 1\).*\(8, 2\)"):
+        dgmkd.couple(teacher, student, 8, mode=mode)
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_independent_in_one_model_only_gives_the_plain_loss(n):
+    """Teacher target wrapped in Independent, student's not: the same loss as both plain, also
+    when the batch size equals the event size (where broadcasting would have mixed them)."""
+    from torch.distributions import Independent
+
+    torch.manual_seed(0)
+    mu_t, mu_s = torch.randn(n, 3), torch.randn(n, 3)
+
+    def wrapped(n_):
+        return dgmkd.target("y", Independent(Normal(mu_t, 0.5), 1))
+
+    def plain_t(n_):
+        return dgmkd.target("y", Normal(mu_t, 0.5))
+
+    def plain_s(n_):
+        return dgmkd.target("y", Normal(mu_s, 0.7))
+
+    for div in ("kl", "reverse_kl", "w2"):
+        a = dgmkd.losses.surrogate(dgmkd.couple(wrapped, plain_s, n), div)
+        b = dgmkd.losses.surrogate(dgmkd.couple(plain_t, plain_s, n), div)
+        assert torch.allclose(a, b), (div, a, b)

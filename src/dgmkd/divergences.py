@@ -201,6 +201,25 @@ def temper(dist, temperature: float):
                     f"not {_tname(dist)}")
 
 
+def _same_event_structure(p, q):
+    """Unwrap ``Independent`` on both sides when only one side (or a different number of dims) is
+    wrapped: the site's divergence is summed over every non-batch dimension anyway, and mixing an
+    event-summed log density ``(N,)`` with an elementwise one ``(N, D)`` would broadcast into a
+    wrong loss when ``N == D``."""
+    def depth(d):
+        return d.reinterpreted_batch_ndims if isinstance(d, Independent) else 0
+
+    if _is_point(p) or _is_point(q) or depth(p) == depth(q):
+        return p, q
+
+    def strip(d):
+        while isinstance(d, Independent):
+            d = d.base_dist
+        return d
+
+    return strip(p), strip(q)
+
+
 def site(divergence: str | Callable, teacher, student, value=None, temperature: float = 1.0) -> torch.Tensor:
     """The divergence at one site, reduced to a scalar (see :func:`reduce`).
 
@@ -210,6 +229,7 @@ def site(divergence: str | Callable, teacher, student, value=None, temperature: 
     """
     if temperature != 1.0:
         return temperature ** 2 * site(divergence, temper(teacher, temperature), temper(student, temperature))
+    teacher, student = _same_event_structure(teacher, student)
     if isinstance(divergence, str):
         return reduce(get(divergence)(teacher, student, value))
     if not callable(divergence):

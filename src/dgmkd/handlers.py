@@ -31,6 +31,10 @@ from .sites import Messenger
 __all__ = ["trace", "draw_noise", "replay", "SiteMismatchError"]
 
 
+def _dist_shape(d):
+    return d.batch_shape + d.event_shape
+
+
 class SiteMismatchError(ValueError):
     """The teacher's and the student's sites do not correspond."""
 
@@ -110,6 +114,13 @@ class replay(Messenger):
             )
         self.seen.add(name)
         kind = msg["kind"]
+        if kind != "deterministic" and _dist_shape(msg["fn"]) != _dist_shape(rec["fn"]):
+            # checked before any value is shared: broadcasting would silently pair the wrong things
+            raise SiteMismatchError(
+                f"{kind} site {name!r}: the student's {type(msg['fn']).__name__} has shape "
+                f"{tuple(_dist_shape(msg['fn']))} (batch + event) but the teacher's {type(rec['fn']).__name__} has "
+                f"{tuple(_dist_shape(rec['fn']))}; teacher and student must declare every site with the same shape"
+            )
         if kind == "latent" and self.mode == "shared_noise":
             eps = rec["noise"]
             fn = msg["fn"]
