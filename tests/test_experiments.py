@@ -35,3 +35,7 @@ def test_quick_run_and_report_rebuild(name, tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(out), "--out", str(tmp_path / "cmp.md")]) == 0
     assert (out / "report.md").read_text() == first
+    # a second run into the same directory is refused and loses nothing of the first
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(args) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files

@@ -23,7 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="the small form (minutes, for demos and smoke tests)")
     r.add_argument("--config", help="a JSON or TOML file of config keys")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    r.add_argument("--out", help="run directory (default runs/<experiment>-<time>)")
+    r.add_argument("--out", help="run directory (default: a fresh runs/<experiment>-<time>)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (same experiment and config) instead of refusing it")
+    r.add_argument("--force", action="store_true", help="replace whatever --out holds")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     rp = sub.add_parser("report", help="rebuild the reports and plots of run directories and compare them")
     rp.add_argument("runs", nargs="+", help="run directories written by `dgmkd run`")
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = cfgmod.override(cfg, args.set)
         if args.quiet and hasattr(cfg, "progress"):
             cfg = cfgmod.override(cfg, {"progress": False})
+        cfgmod.check(cfg)  # the whole config, before any directory, file or model exists
     except (KeyError, cfgmod.ConfigError) as e:
         print(f"dgmkd: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
@@ -70,10 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
             mod.run(cfg, Path(tmp))
         return 0
-    out = rundir.create(args.experiment, args.out)
-    rundir.write_json(out / "config.json", {"experiment": args.experiment, **cfgmod.to_dict(cfg)})
-    print(f"dgmkd run {args.experiment}: writing to {out}")
-    mod.run(cfg, out)
+    if args.resume and args.force:
+        print("dgmkd: error: --resume and --force exclude each other", file=sys.stderr)
+        return 2
+    try:
+        run = rundir.open_run(args.experiment, args.out, cfgmod.to_dict(cfg), resume=args.resume, force=args.force)
+        out = run.__enter__()
+    except rundir.RunDirError as e:
+        print(f"dgmkd: error: {e}", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        stack.push(run)
+        print(f"dgmkd run {args.experiment}: writing to {out}")
+        mod.run(cfg, out)
     print(f"results in {out} (report.md, CSV, PNG)")
     return 0
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ConfigError", "override", "load_file", "parse_value", "to_dict"]
+__all__ = ["ConfigError", "override", "load_file", "parse_value", "to_dict", "check"]
 
 
 class ConfigError(ValueError):
@@ -100,13 +101,18 @@ def parse_value(key: str, tp: Any, raw: Any) -> Any:
         raise ConfigError(f"{key}: expected a boolean (true/false), got {raw!r}")
     if tp is typing.Any:
         return raw
+    if tp in (int, float) and isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got the boolean {raw!r}")
     if tp in (int, float, str):
         try:
             if tp is int and isinstance(raw, float) and not raw.is_integer():
                 raise ValueError
-            return tp(raw)
+            value = tp(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected {tp.__name__}, got {raw!r}") from None
+        if tp is float and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {raw!r}")
+        return value
     return raw
 
 
@@ -120,8 +126,13 @@ def override(cfg, sets: list[str] | dict[str, Any]):
             raise ConfigError(f"unknown config key {key!r} for {type(cfg).__name__}; known keys: "
                               f"{', '.join(fields)}")
         changes[key] = parse_value(key, hints[key], raw)
-    new = dataclasses.replace(cfg, **changes)
-    validate = getattr(new, "validate", None)
+    return check(dataclasses.replace(cfg, **changes))
+
+
+def check(cfg):
+    """Run the config's own ``validate()`` (if it has one); its errors become :class:`ConfigError`.
+    Returns ``cfg``."""
+    validate = getattr(cfg, "validate", None)
     if callable(validate):
         try:
             validate()
@@ -129,7 +140,7 @@ def override(cfg, sets: list[str] | dict[str, Any]):
             raise
         except (ValueError, TypeError) as e:  # an experiment's own check of its values
             raise ConfigError(f"{type(cfg).__name__}: {e}") from e
-    return new
+    return cfg
 
 
 def _split(s: str) -> tuple[str, str]:
@@ -144,7 +155,13 @@ def load_file(cfg, path: str | Path):
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
+    if path.suffix.lower() not in (".json", ".toml"):
+        raise ConfigError(f"config file {str(path)!r}: {path.suffix or 'a file without a suffix'} is not supported "
+                          "(YAML neither); write the keys as JSON (.json) or TOML (.toml)")
+    try:
+        text = path.read_text()
+    except (UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read as text: {e}") from None
     try:
         if path.suffix == ".toml":
             import tomllib
