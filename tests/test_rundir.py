@@ -105,3 +105,11 @@ def test_report_of_damaged_data_names_the_file_and_keeps_the_report(tmp_path, ca
     assert main(["report", str(out)]) == 2
     assert "results.json" in capsys.readouterr().err
     assert (out / "report.md").read_text() == good
+
+
+def test_a_diverging_run_is_reported_in_its_status(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "demo", *DEMO, "--set", "lr=1e6", "--out", str(out)]) == 0
+    st = json.loads((out / "status.json").read_text())
+    assert any("diverged" in w for w in st["warnings"]), st
+    assert "warning(s) during the run" in capsys.readouterr().out

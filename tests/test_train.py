@@ -290,3 +290,35 @@ def test_guard_with_checkpoint_every_step_keeps_a_resumable_state(tmp_path):
     t, s2 = models()
     h = dgmkd.distill(t, s2, 16, method=loss, steps=10, checkpoint=path, checkpoint_every=1, progress=False)
     assert len(h["loss"]) == 10 and all(map(lambda v: v == v and abs(v) < float("inf"), h["loss"]))
+
+
+# ----------------------------------------------------------------------------- the non-finite guard
+def test_nonfinite_parameter_is_named_by_site_and_step():
+    t, s = models()
+
+    def poison(step, row):
+        if step == 2:
+            with torch.no_grad():
+                next(p for n, p in s.named_parameters() if n.endswith("bias")).fill_(float("nan"))
+
+    with pytest.raises(dgmkd.NonFiniteLossError, match=r"at step 3: non-finite parameters at student \w+ site '\w+'"):
+        dgmkd.distill(t, s, 16, steps=10, progress=False, callback=poison)
+
+
+def test_invalid_parameter_at_the_first_step_names_the_step():
+    t, s = models()
+    with torch.no_grad():
+        for p in s.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(dgmkd.NonFiniteLossError, match="at step 0 a distribution got an invalid parameter"):
+        dgmkd.distill(t, s, 16, steps=3, progress=False)
+
+
+def test_a_loss_that_explodes_is_reported():
+    from dgmkd.train import fit
+
+    w = nn.Parameter(torch.ones(1))
+    m = nn.Module()
+    m.w = w
+    with pytest.warns(RuntimeWarning, match="the loss grew from 1 at step 0 .* diverged"):
+        fit(lambda a, s: (w ** 2).sum(), m, 1, 8, lr=10.0, optimizer="sgd", progress=False)

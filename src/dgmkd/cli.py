@@ -8,6 +8,7 @@ import contextlib
 import io
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from . import config as cfgmod
@@ -77,17 +78,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and args.force:
         print("dgmkd: error: --resume and --force exclude each other", file=sys.stderr)
         return 2
+    notes: list[str] = []
     try:
-        run = rundir.open_run(args.experiment, args.out, cfgmod.to_dict(cfg), resume=args.resume, force=args.force)
+        run = rundir.open_run(args.experiment, args.out, cfgmod.to_dict(cfg), resume=args.resume, force=args.force,
+                              notes=notes)
         out = run.__enter__()
     except rundir.RunDirError as e:
         print(f"dgmkd: error: {e}", file=sys.stderr)
         return 2
-    with contextlib.ExitStack() as stack:
-        stack.push(run)
-        print(f"dgmkd run {args.experiment}: writing to {out}")
-        mod.run(cfg, out)
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # printed as usual, and kept
+        notes.append(f"{category.__name__}: {message}")
+        shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.push(run)
+            print(f"dgmkd run {args.experiment}: writing to {out}")
+            mod.run(cfg, out)
+    finally:
+        warnings.showwarning = shown
     print(f"results in {out} (report.md, CSV, PNG)")
+    if notes:
+        print(f"{len(notes)} warning(s) during the run (kept in {out / 'status.json'})")
     return 0
 
 

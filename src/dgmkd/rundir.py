@@ -157,10 +157,13 @@ def _claim(experiment: str, out: str | Path | None, config: dict, resume: bool, 
 
 @contextlib.contextmanager
 def open_run(experiment: str, out: str | Path | None, config: dict[str, Any], *, resume: bool = False,
-             force: bool = False) -> Iterator[Path]:
+             force: bool = False, notes: list[str] | None = None) -> Iterator[Path]:
     """Claim a run directory for one run of ``experiment`` with ``config`` (see the module
     docstring), write ``config.json`` and ``status.json``, and yield its path; on exit the status
-    becomes ``finished``, or ``failed`` with the error (which propagates), and the lock is released."""
+    becomes ``finished``, or ``failed`` with the error (which propagates), and the lock is released.
+    ``notes`` (e.g. the warnings the run raised, collected while it runs) are written with the
+    final status."""
+    notes = notes if notes is not None else []
     path = _claim(experiment, out, config, resume, force)
     lock = _lock(path)
     try:
@@ -171,9 +174,9 @@ def open_run(experiment: str, out: str | Path | None, config: dict[str, Any], *,
             yield path
         except BaseException as e:
             write_json(path / "status.json", {"status": "failed", "started": started,
-                                              "error": f"{type(e).__name__}: {e}"[:2000]})
+                                              "error": f"{type(e).__name__}: {e}"[:2000], "warnings": notes})
             raise
         write_json(path / "status.json", {"status": "finished", "started": started,
-                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "warnings": notes})
     finally:
         lock.unlink(missing_ok=True)

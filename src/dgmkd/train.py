@@ -203,6 +203,7 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
             obj["cuda_rng"] = torch.cuda.get_rng_state_all()
         ckpt.save(path, obj)
 
+    growth: dict[str, Any] = {}
     bar = None
     if progress and start < steps and rank == 0:
         from tqdm.auto import tqdm
@@ -216,6 +217,7 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
             row = ddp.mean_over_ranks(row)
             for k, v in row.items():
                 check_finite(v, step, k, path)
+            _watch_growth(growth, row, step)
             history["step"].append(step)
             for k, v in row.items():
                 history.setdefault(k, []).append(v)
@@ -231,6 +233,25 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
         if bar is not None:
             bar.close()
     return history
+
+
+GROWTH_WARNING = 1e6  # a loss this many times larger in magnitude than its first value is reported
+
+
+def _watch_growth(state: dict, row: dict, step: int) -> None:
+    """Warn (once) when the loss grows by :data:`GROWTH_WARNING` times over its first value: such a
+    run is finite but has almost surely diverged (e.g. a far too large learning rate)."""
+    v = row.get("loss")
+    if v is None or state.get("warned"):
+        return
+    if "first" not in state:
+        state["first"], state["first_step"] = abs(v), step
+        return
+    if abs(v) > GROWTH_WARNING * max(state["first"], 1e-12) and abs(v) > 1e3:
+        state["warned"] = True
+        warnings.warn(f"the loss grew from {state['first']:.4g} at step {state['first_step']} to {v:.4g} at step "
+                      f"{step}: the run has probably diverged (learning rate too large?)", RuntimeWarning,
+                      stacklevel=3)
 
 
 def _normalize(obj):
@@ -425,7 +446,13 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
     def step_fn(args, step):
         row = {}
         for k, obj in objectives.items():
-            out = obj(args, step)
+            try:
+                out = obj(args, step)
+            except ValueError as e:  # torch.distributions' argument check on a parameter that went bad
+                if "Expected parameter" not in str(e):
+                    raise
+                raise NonFiniteLossError(f"at step {step}{' in objective ' + repr(k) if k else ''} a distribution "
+                                         f"got an invalid parameter (NaN, inf or out of its support): {e}") from e
             metrics = out if isinstance(out, dict) else {"loss": out}
             if "loss" not in metrics:
                 raise KeyError(f"fit: the objective {k or ''} returned {sorted(metrics)} without a 'loss'")
@@ -475,7 +502,29 @@ class _Objective(torch.nn.Module):
         self.mode, self.loss_fn = mode, loss_fn
 
     def forward(self, *args, validate_args=None):
-        return self.loss_fn(couple(self.teacher, self.student, *args, mode=self.mode, validate_args=validate_args))
+        c = couple(self.teacher, self.student, *args, mode=self.mode, validate_args=validate_args)
+        self.__dict__["last"] = c  # kept (outside the module tree) to name the sites of a non-finite loss
+        return self.loss_fn(c)
+
+
+def _nonfinite_sites(c) -> list[str]:
+    """``"<model> <kind> site '<name>' (<parameter>)"`` for every distribution parameter or
+    deterministic value of a coupling that holds NaN or inf."""
+    bad = []
+    for kind, group in (("latent", c.latents), ("target", c.targets), ("deterministic", c.deterministics)):
+        for name, pair in group.items():
+            for who, d in (("teacher", pair.teacher), ("student", pair.student)):
+                tensors = {"value": d} if isinstance(d, torch.Tensor) else {
+                    k: v for k, v in vars(d).items() if isinstance(v, torch.Tensor) and not k.startswith("_")}
+                base = getattr(d, "base_dist", None)
+                while base is not None:  # Independent / TransformedDistribution wrappers
+                    tensors.update({k: v for k, v in vars(base).items() if isinstance(v, torch.Tensor)
+                                    and not k.startswith("_")})
+                    base = getattr(base, "base_dist", None)
+                for k, v in tensors.items():
+                    if v.is_floating_point() and not torch.isfinite(v.detach()).all():
+                        bad.append(f"{who} {kind} site {name!r} ({k})")
+    return bad
 
 
 def _cuda_devices(device) -> list:
@@ -551,7 +600,16 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
                     unused = ddp.any_unused(objective(*args), params)
             runner = ddp.wrap(objective, find_unused_parameters=unused)
         # torch's distribution argument checks run on the first step only (see couple())
-        return runner(*args, validate_args=None if first else False)
+        loss = runner(*args, validate_args=None if first else False)
+        if not torch.isfinite(loss.detach()):
+            bad = _nonfinite_sites(objective.__dict__["last"])
+            if bad:
+                where = f"; the last good checkpoint is kept at {checkpoint}" if checkpoint and \
+                    os.path.exists(checkpoint) else ""
+                raise NonFiniteLossError(f"loss is {float(loss.detach())} at step {step}: non-finite parameters at "
+                                         f"{', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}: training stopped"
+                                         f"{where}")
+        return loss
 
     return fit(step_loss, {"student": student}, inputs, steps, lr=lr, params=params,
                optimizer=optimizer if optimizer is not None else "adam", grad_clip=grad_clip,
