@@ -322,3 +322,44 @@ def test_a_loss_that_explodes_is_reported():
     m.w = w
     with pytest.warns(RuntimeWarning, match="the loss grew from 1 at step 0 .* diverged"):
         fit(lambda a, s: (w ** 2).sum(), m, 1, 8, lr=10.0, optimizer="sgd", progress=False)
+
+
+@pytest.mark.parametrize("method, lw", [("unified", 0.37), ("unified", 0.0), ("local", 0.37)])
+def test_distill_minimizes_exactly_the_named_loss(method, lw):
+    """The first logged loss is the method's loss with the given latent weight at the same noise."""
+    t, s = models()
+    h = dgmkd.distill(t, s, 32, method=method, steps=1, latent_weight=lw, seed=11, progress=False)
+    t, s = models()
+    torch.manual_seed(11)
+    mode = "teacher_forced" if method == "local" else "shared_noise"
+    c = dgmkd.couple(t, s, 32, mode=mode)
+    want = dgmkd.losses.local(c) if method == "local" else dgmkd.losses.unified(c, lw)
+    assert h["loss"][0] == pytest.approx(float(want), rel=1e-6)
+    if method == "unified" and lw:
+        assert float(dgmkd.losses.latent(c)) > 0  # so a wrong weight would show
+
+
+def test_every_logged_metric_is_guarded():
+    from dgmkd.train import fit
+
+    lin = nn.Linear(1, 1)
+    with pytest.raises(dgmkd.NonFiniteLossError, match="aux is nan at step 0"):
+        fit(lambda a, s: {"loss": lin(torch.ones(1, 1)).sum(), "aux": float("nan")}, lin, 1, 3, progress=False)
+
+
+def test_a_crash_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    ck.save(path, {"step": 1, "w": torch.ones(1000)})
+    real = torch.save
+
+    def torn(obj, f, *a, **k):
+        f.write(b"\x00" * 100)  # half a file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save(path, {"step": 2, "w": torch.zeros(1000)})
+    monkeypatch.setattr(torch, "save", real)
+    got = ck.load(path)
+    assert got["step"] == 1 and torch.equal(got["w"], torch.ones(1000))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
