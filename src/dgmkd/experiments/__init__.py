@@ -1,8 +1,19 @@
 """Reproduced experiments, one module each, run with ``dgmkd run NAME``.
 
-Each module defines a ``Config`` dataclass (its defaults), a ``QUICK`` dict of overrides for the
-small ``--quick`` form, a one-line ``DESCRIPTION`` and ``run(cfg, out_dir) -> dict``. Results
-(CSV, PNG, ``report.md``) are written to ``out_dir`` by the code; nothing is typed by hand.
+Each module only composes models, methods and metrics on the shared harness
+(:mod:`dgmkd.harness`: named seed streams, summaries with one spread convention, tables, image
+grids, checked run files) and the one optimization loop (:func:`dgmkd.train.fit`). It defines
+
+* ``DESCRIPTION``: one line for ``dgmkd list``;
+* ``Config``: a dataclass holding every default, with ``validate()`` raising a
+  :class:`~dgmkd.config.ConfigError` that names the key (``seeds`` is always a tuple of seeds);
+* ``QUICK``: overrides for the small ``--quick`` form; ``TEST``: further overrides that make the
+  quick form test-sized (the registry test in ``tests/test_experiments.py`` runs it);
+* ``run(cfg, out) -> dict``: trains and evaluates, writing its data files (CSV/JSON) to ``out``;
+* ``report(out) -> str``: rebuilds ``report.md`` and the plots from those files alone, byte for
+  byte what ``run`` wrote, so ``dgmkd report RUN_DIR`` works for every experiment.
+
+Nothing in a run directory is typed by hand.
 """
 
 from __future__ import annotations
