@@ -30,6 +30,8 @@ def test_bad_experiment_and_key_are_errors(tmp_path, capsys):
     assert "unknown experiment 'nope'" in capsys.readouterr().err
     assert main(["run", "demo", "--set", "stepz=1", "--out", str(tmp_path / "x")]) == 2
     assert "unknown config key 'stepz'" in capsys.readouterr().err
+    assert main(["run", "demo", "--set", "steps=0", "--out", str(tmp_path / "x")]) == 2
+    assert "steps=0" in capsys.readouterr().err
 
 
 def test_report_rebuilds_and_compares(tmp_path, capsys):

@@ -1,6 +1,5 @@
 """The error-accumulation toy: chain models, the exact KL wrappers and the `toy-chain` experiment."""
 
-import csv
 import math
 
 import numpy as np
@@ -11,7 +10,9 @@ from scipy.stats import norm
 import dgmkd
 from dgmkd import cli
 from dgmkd.config import ConfigError
+from dgmkd import harness
 from dgmkd.experiments import toy_chain as tc
+from dgmkd.metrics.grid_kl import binomial_chain_kl, binomial_chain_pmfs, gaussian_chain_kl, sample_layers
 from dgmkd.models import BinomialStudentChain, BinomialTeacherChain, GaussianStudentChain, GaussianTeacherChain
 from dgmkd.models.toy_chain import power_map
 
@@ -36,7 +37,7 @@ def test_binomial_teacher_is_a_martingale_on_integers():
     torch.manual_seed(0)
     y = t(4000)
     assert torch.equal(y, y.round()) and 0 <= float(y.min()) and float(y.max()) <= 100
-    pmfs = tc.binomial_pmfs(t)
+    pmfs = binomial_chain_pmfs(t)
     k = np.arange(101)
     assert len(pmfs) == 5
     for p in pmfs:  # exact: mass 1, mean N/2 at every layer
@@ -61,14 +62,15 @@ def test_binomial_student_with_zero_residual_is_the_teacher():
         for lin in s.res:
             lin.weight.zero_()
             lin.bias.zero_()
-    ev = tc.binomial_grid_kl(t, s)
+    teacher_pmf = binomial_chain_pmfs(t)[-1]
+    ev = binomial_chain_kl(teacher_pmf, s)
     assert 0 <= ev["kl_grid"] < 1e-3  # only the logit clip at z = 0 and z = N differs
     assert ev["mass_student"] == pytest.approx(1.0, abs=1e-9)
     # the same student with a shifted residual is far from the teacher
     with torch.no_grad():
         for lin in s.res:
             lin.bias.fill_(0.2)
-    assert tc.binomial_grid_kl(t, s)["kl_grid"] > 0.02
+    assert binomial_chain_kl(teacher_pmf, s)["kl_grid"] > 0.02
 
 
 def _reference_kl_one_layer(sig_t, sig_s):
@@ -85,13 +87,18 @@ def _reference_kl_one_layer(sig_t, sig_s):
     return float(np.trapezoid(pt * np.log(pt / ps), y))
 
 
+def _chain_kl(t, s, n=3000):
+    torch.manual_seed(0)
+    return gaussian_chain_kl(t, s, sample_layers(t, n) + sample_layers(s, n))
+
+
 def test_gaussian_grid_kl_matches_quadrature_and_is_zero_for_identical_chains():
     t = GaussianTeacherChain(layers=1, noise_var=0.01)
     s = GaussianTeacherChain(layers=1, noise_var=0.02)
-    ev = tc.gaussian_grid_kl(t, s, n_samples=3000, seed=0)
+    ev = _chain_kl(t, s)
     assert ev["kl_grid"] == pytest.approx(_reference_kl_one_layer(0.1, math.sqrt(0.02)), rel=5e-3)
     assert ev["mass_teacher"] == pytest.approx(1.0, abs=1e-6) and ev["mass_student"] == pytest.approx(1.0, abs=1e-6)
-    same = tc.gaussian_grid_kl(GaussianTeacherChain(layers=6), GaussianTeacherChain(layers=6), n_samples=3000, seed=0)
+    same = _chain_kl(GaussianTeacherChain(layers=6), GaussianTeacherChain(layers=6))
     assert abs(same["kl_grid"]) < 1e-12 and same["mass_teacher"] > 0.999999
     # the teacher's marginal spreads with depth: the grid chosen from samples widens
     assert same["grid_hi"] - same["grid_lo"] > ev["grid_hi"] - ev["grid_lo"]
@@ -110,46 +117,54 @@ def test_distillation_reduces_the_exact_kl():
     cfg = tc.Config(eval_samples=500, dre=False, lr=1e-2)
     t = GaussianTeacherChain(layers=3)
     s = tc.make_student("gaussian", 3, hidden=8, seed=0, cfg=cfg)
-    before = tc.gaussian_grid_kl(t, s, 2000, seed=0)["kl_grid"]
+    before = _chain_kl(t, s, 2000)["kl_grid"]
     for method, lam in (("local", None), ("unified", 0.1)):
         r = tc.train_and_evaluate("gaussian", 3, method, lam, 8, 150, 0, cfg)
         assert r["kl_grid"] < 0.5 * before, (method, r["kl_grid"], before)
 
 
 def test_config_errors_are_clear():
-    with pytest.raises(ConfigError, match="variant"):
-        tc._validate(tc.Config(variant="poisson"))
+    with pytest.raises(ConfigError, match="variant='poisson'"):
+        tc.Config(variant="poisson").validate()
     with pytest.raises(ConfigError, match="layers"):
-        tc._validate(tc.Config(layers=(0, 2)))
+        tc.Config(layers=(0, 2)).validate()
     with pytest.raises(ConfigError, match="methods"):
-        tc._validate(tc.Config(methods=("marginal",)))
+        tc.Config(methods=("marginal",)).validate()
     with pytest.raises(ConfigError, match="lambdas"):
-        tc._validate(tc.Config(lambdas=(-1.0,)))
+        tc.Config(lambdas=(-1.0,)).validate()
+    with pytest.raises(ConfigError, match="seeds"):
+        tc.Config(seeds=()).validate()
     assert cli.main(["run", "toy-chain", "--set", "variant=poisson", "--out", "/nonexistent/x"]) == 2
     assert cli.main(["run", "toy-chain", "--set", "hidden=-1", "--out", "/nonexistent/x"]) == 2
     assert cli.main(["run", "toy-chain", "--set", "regime_steps=0", "--out", "/nonexistent/x"]) == 2
+    assert cli.main(["run", "toy-chain", "--set", "seeds=a", "--out", "/nonexistent/x"]) == 2
 
 
 def test_tiny_run_writes_csv_plots_and_report(tmp_path, capsys):
-    cfg = tc.Config(layers=(1, 2), seeds=1, steps=15, binomial_steps=5, eval_samples=200, hidden=4,
-                    regime_layers=2, regime_hidden=(0,), regime_steps=(5,), regime_seeds=2)
+    cfg = tc.Config(layers=(1, 2), seeds=(3,), steps=15, binomial_steps=5, eval_samples=200, hidden=4,
+                    regime_layers=2, regime_hidden=(0,), regime_steps=(5,), regime_seeds=(0, 1))
+    harness.write_json(tmp_path / "config.json", {"experiment": "toy-chain", **tc.to_dict(cfg)})
     res = tc.run(cfg, tmp_path)
     n_methods = 3  # local, unified(0), unified(0.1)
     expected = 2 * 2 * n_methods * 1 + n_methods * 2  # variants x L x methods x seeds + regimes x seeds
-    with open(tmp_path / "results.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = harness.read_csv(tmp_path / "results.csv")
     assert len(rows) == expected == len(res["rows"])
-    assert all(math.isfinite(float(r["kl_grid"])) and float(r["kl_grid"]) >= -1e-9 for r in rows)
+    assert {r["seed"] for r in rows if r["sweep"] == "depth"} == {3}
+    assert all(math.isfinite(r["kl_grid"]) and r["kl_grid"] >= -1e-9 for r in rows)
     for name in ("summary.csv", "report.md", "kl_vs_layers_gaussian.png", "kl_vs_layers_binomial.png", "regimes.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     report = (tmp_path / "report.md").read_text()
     assert "## gaussian" in report and "## binomial" in report and "DRE against the exact grid KL" in report
+    assert harness.SPREAD in report and "is below local at " in report
     assert str(tmp_path) in capsys.readouterr().out
-    # the report can be rebuilt from the CSV alone (no retraining) and is then identical
-    import json
-    (tmp_path / "config.json").write_text(json.dumps(tc.to_dict(cfg)))
-    tc.rewrite_report(tmp_path)
-    assert (tmp_path / "report.md").read_text() == report
+    # the report is rebuilt from the run's files alone (no retraining) and is then identical
+    (tmp_path / "report.md").unlink()
+    assert tc.report(tmp_path) == report == (tmp_path / "report.md").read_text()
+    # the same seed gives the same student, whatever else the run contains
+    again = tc.train_and_evaluate("gaussian", 2, "local", None, 4, 15, 3, cfg)
+    first = next(r for r in rows if r["sweep"] == "depth" and r["variant"] == "gaussian" and r["layers"] == 2
+                 and r["method"] == "local")
+    assert again["kl_grid"] == pytest.approx(first["kl_grid"], rel=1e-12)
 
 
 def test_cli_lists_toy_chain(capsys):
@@ -176,3 +191,17 @@ def test_binomial_unified_is_invariant_to_positive_lambda_under_adam():
     for a, b, c in zip(params[0.1], params[1.0], params[0.0]):
         assert torch.allclose(a, b, atol=1e-5)
     assert not all(torch.allclose(a, c) for a, c in zip(params[0.1], params[0.0]))
+
+
+@pytest.mark.slow
+def test_documented_finding_unified_wins_on_narrow_gaussian_local_wins_on_binomial(tmp_path):
+    """docs/toy_chain.md: at L = 8 with narrow (width-4) residual students the unified surrogate loss
+    (lambda = 0) ends far below local distillation on the Gaussian chain, while on the binomial chain,
+    whose student family contains the teacher, local distillation is the better method."""
+    cfg = tc.Config(layers=(8,), lambdas=(0.0,), hidden=4, steps=600, binomial_steps=150, seeds=(0, 1), dre=False,
+                    regimes=False)
+    harness.write_json(tmp_path / "config.json", {"experiment": "toy-chain", **tc.to_dict(cfg)})
+    tc.run(cfg, tmp_path)
+    kl = {(s["variant"], s["method"]): s["kl_grid_mean"] for s in harness.read_csv(tmp_path / "summary.csv")}
+    assert kl["gaussian", "unified(lambda=0)"] < kl["gaussian", "local"], kl
+    assert kl["binomial", "local"] < kl["binomial", "unified(lambda=0)"], kl

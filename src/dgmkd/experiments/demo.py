@@ -1,10 +1,7 @@
-"""Demo: data-free distillation of a two-latent Gaussian DGM into a narrower one.
-
-The teacher ``z1 -> z2 -> y`` (2-d Gaussian latents, MLP conditionals, hidden width 64, weights
-drawn with a large gain so its output distribution is curved) is distilled without data into a
-student of hidden width 8, by the unified loss (Eq. 7, Chen et al. 2023) and by local
-distillation. The run prints the losses as they fall and, before and after, the squared MMD
-between 2000 teacher and 2000 student outputs (the marginal the student should match).
+"""Demo: data-free distillation of a two-latent Gaussian DGM (``z1 -> z2 -> y``, 2-d latents, MLP
+conditionals of width 64 drawn with a large gain, so its outputs are curved) into a student of width
+8, by the unified loss (Eq. 7, Chen et al. 2023) and by local distillation. Prints the losses as they
+fall and the squared MMD between teacher and student outputs before and after.
 """
 
 from __future__ import annotations
@@ -15,7 +12,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import rundir
+from .. import harness
+from ..config import ConfigError
 from ..metrics import mmd2
 from ..models import MLPDGM
 from ..train import distill
@@ -36,34 +34,33 @@ class Config:
     seed: int = 0
     progress: bool = True
 
+    def validate(self) -> None:
+        for key, value in vars(self).items():
+            if key not in ("seed", "progress") and not (value >= 0 if key == "latent_weight" else value > 0):
+                raise ConfigError(f"{key}={value!r}: must be {'>= 0' if key == 'latent_weight' else 'positive'}")
+
 
 QUICK = {"steps": 300}
-
-
-def _teacher(cfg: Config) -> MLPDGM:
-    torch.manual_seed(cfg.seed)
-    t = MLPDGM(latent_dims=(2, 2), hidden=cfg.teacher_hidden, out_dim=2)
-    with torch.no_grad():
-        for p in t.parameters():
-            if p.dim() == 2:
-                p.mul_(cfg.teacher_gain)
-    return t
+TEST = {"steps": 40, "eval_samples": 200}
 
 
 @torch.no_grad()
-def _mmd(teacher, student, n, seed):
-    torch.manual_seed(seed)
-    return float(mmd2(teacher(n), student(n)))
+def _mmd(teacher, student, cfg: Config) -> float:
+    harness.manual_seed(cfg.seed, "mmd-samples")
+    return float(mmd2(teacher(cfg.eval_samples), student(cfg.eval_samples)))
 
 
 def run(cfg: Config, out: Path) -> dict:
-    teacher = _teacher(cfg)
-    rows, results = [], {}
+    harness.manual_seed(cfg.seed, "teacher")
+    teacher = MLPDGM(latent_dims=(2, 2), hidden=cfg.teacher_hidden, out_dim=2)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.mul_(cfg.teacher_gain if p.dim() == 2 else 1.0)
+    rows, results, every = [], {}, max(1, cfg.steps // 6)
     for method in ("unified", "local"):
-        torch.manual_seed(cfg.seed + 1)
+        harness.manual_seed(cfg.seed, "student-init")  # both methods start from the same student
         student = MLPDGM(latent_dims=(2, 2), hidden=cfg.student_hidden, out_dim=2)
-        before = _mmd(teacher, student, cfg.eval_samples, cfg.seed + 2)
-        every = max(1, cfg.steps // 6)
+        before = _mmd(teacher, student, cfg)
 
         def log(step, row, method=method):
             if step % every == 0 or step == cfg.steps - 1:
@@ -71,52 +68,38 @@ def run(cfg: Config, out: Path) -> dict:
 
         print(f"{method}: distilling (teacher hidden {cfg.teacher_hidden} -> student hidden {cfg.student_hidden})")
         hist = distill(teacher, student, inputs=cfg.batch, method=method, steps=cfg.steps, lr=cfg.lr,
-                       latent_weight=cfg.latent_weight, seed=cfg.seed, progress=cfg.progress, callback=log)
-        after = _mmd(teacher, student, cfg.eval_samples, cfg.seed + 2)
+                       latent_weight=cfg.latent_weight, seed=harness.seed(cfg.seed, "distill"),
+                       progress=cfg.progress, callback=log)
+        after = _mmd(teacher, student, cfg)
         print(f"  [{method}] MMD^2(teacher y, student y): before {before:.4f}  after {after:.4f}")
         results[method] = {"mmd2_before": before, "mmd2_after": after,
                            "loss_first": hist["loss"][0], "loss_last": hist["loss"][-1]}
         rows += [{"method": method, "step": s, "loss": l} for s, l in zip(hist["step"], hist["loss"])]
-    rundir.write_csv(out / "history.csv", rows)
-    rundir.write_json(out / "results.json", results)
+    harness.write_csv(out / "history.csv", rows)
+    harness.write_json(out / "results.json", results)
     report(out)
     return results
 
 
-def report(out: Path) -> str:
-    """(Re)build ``report.md`` and ``loss.png`` from the run's ``results.json`` and ``history.csv``."""
-    import json
-
-    results = json.loads((out / "results.json").read_text())
+def report(out: str | Path) -> str:
+    """Rebuild ``report.md`` and ``loss.png`` from the run's ``results.json`` and ``history.csv``."""
+    out = Path(out)
+    results = harness.read_json(out / "results.json")
+    history = harness.read_csv(out / "history.csv", required=("method", "step", "loss"))
+    keys = ("loss_first", "loss_last", "mmd2_before", "mmd2_after")
     lines = ["# Demo: two-latent DGM, data-free distillation", "",
-             "| method | first loss | last loss | MMD^2 before | MMD^2 after |", "|---|---|---|---|---|"]
-    for m, r in results.items():
-        lines.append(f"| {m} | {r['loss_first']:.4f} | {r['loss_last']:.4f} | {r['mmd2_before']:.4f} | {r['mmd2_after']:.4f} |")
-    text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
-    _plot(results, out)
-    return text
-
-
-def _plot(results, out):
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    with open(out / "history.csv") as f:
-        rows = list(csv.DictReader(f))
+             "A narrow student imitates a wide teacher without data, by the unified loss (Chen et al. 2023, "
+             "Eq. 7) and by local distillation: the losses should fall, and so should the squared MMD between "
+             "teacher and student outputs (the marginal the student should match). One seed: no spread.", ""]
+    lines += harness.table(["method", "first loss", "last loss", "MMD^2 before", "MMD^2 after"],
+                           [[m] + [harness.fmt(r[k], digits=4) for k in keys] for m, r in results.items()])
+    lines += ["", "MMD^2 after distillation as a fraction of its value at initialization: "
+              + ", ".join(f"{m} {r['mmd2_after'] / r['mmd2_before']:.3f}" for m, r in results.items()) + "."]
+    fig, ax = harness._pyplot().subplots(figsize=(5, 3.5))
     for m in results:
-        xs = [int(r["step"]) for r in rows if r["method"] == m]
-        ys = [float(r["loss"]) for r in rows if r["method"] == m]
-        ax.plot(xs, ys, label=m)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("distillation loss")
+        ax.plot(*zip(*[(r["step"], r["loss"]) for r in history if r["method"] == m]), label=m)
+    ax.set(yscale="log", xlabel="step", ylabel="distillation loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=120)
-    plt.close(fig)
+    harness.save_figure(fig, out / "loss.png", dpi=120)
+    return harness.write_text(out / "report.md", "\n".join(lines) + "\n").read_text()

@@ -21,6 +21,9 @@ may spread further than the teacher's.
 Integer-valued chains (:func:`propagate_discrete`) are exact: the pmf over the support ``0..N`` is
 pushed through the transition matrix ``P(z_{i+1} = j | z_i = k)``.
 
+For the chain models of :mod:`dgmkd.models.toy_chain` (``layers``, ``conditional(i, z)``),
+:func:`gaussian_chain_kl` and :func:`binomial_chain_pmfs` apply both to a teacher and a student.
+
 Example (``z_2 = z_1 + N(0, 0.5^2)`` with ``z_1 ~ N(0,1)``: the marginal is ``N(0, 1.25)``):
     >>> import numpy as np
     >>> from scipy.stats import norm
@@ -37,10 +40,14 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from scipy.special import ndtr
 
+from ..handlers import trace
+
 __all__ = ["Grid", "grid_from_samples", "propagate_continuous", "propagate_discrete", "discrete_kl",
-           "uniform_cell_masses"]
+           "uniform_cell_masses", "sample_layers", "gaussian_chain_kl", "binomial_chain_pmfs",
+           "binomial_chain_kl"]
 
 LocScale = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -180,3 +187,65 @@ def discrete_kl(p: np.ndarray, q: np.ndarray, floor: float = 1e-300) -> float:
         raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
     s = p > 0
     return float(np.sum(p[s] * (np.log(p[s]) - np.log(np.maximum(q[s], floor)))))
+
+
+# ----------------------------------------------------------------------------- chain models
+@torch.no_grad()
+def sample_layers(model, n: int) -> list[np.ndarray]:
+    """Samples of every variable ``z_1 .. z_L, y`` of a chain (ancestral sampling, global RNG)."""
+    with trace() as tr:
+        model(n)
+    return [m["value"].double().flatten().numpy() for m in tr.sites.values()]
+
+
+def _loc_scale(model, i):
+    @torch.no_grad()
+    def f(x):
+        d = model.conditional(i, torch.as_tensor(x, dtype=torch.float32)[:, None])
+        return d.loc.double().flatten().numpy(), np.broadcast_to(d.scale.double().flatten().numpy(), x.shape)
+    return f
+
+
+@torch.no_grad()
+def _min_std(model) -> float:
+    x = torch.zeros(1, 1)
+    return min(float(model.conditional(i, x).scale.min()) for i in range(model.layers))
+
+
+def gaussian_chain_kl(teacher, student, samples: Sequence[np.ndarray]) -> dict:
+    """Exact ``KL(p_T(y) || p_S(y))`` of two Gaussian chains with ``z_1 ~ U[-1, 1]``, by finite
+    volumes on a grid covering ``samples`` (of every layer of both models, :func:`sample_layers`)
+    padded by 8 of the smallest conditional standard deviations, cells a tenth of it wide.
+    Returns the KL, the mass each model keeps on the grid, and the grid's size and bounds."""
+    min_std = min(_min_std(teacher), _min_std(student))
+    grid = grid_from_samples(samples, min_std=min_std, pad=8.0, cells_per_std=10.0, max_cells=60_000)
+    m1 = uniform_cell_masses(grid, -1.0, 1.0)
+    pt = propagate_continuous(m1, [_loc_scale(teacher, i) for i in range(teacher.layers)], grid)
+    ps = propagate_continuous(m1, [_loc_scale(student, i) for i in range(student.layers)], grid)
+    return {"kl_grid": discrete_kl(pt[-1], ps[-1]), "mass_teacher": float(pt[-1].sum()),
+            "mass_student": float(ps[-1].sum()), "grid_cells": len(grid), "grid_h_over_std": grid.h / min_std,
+            "grid_lo": float(grid.edges[0]), "grid_hi": float(grid.edges[-1])}
+
+
+def _binomial_transition(model, i):
+    @torch.no_grad()
+    def f(k):
+        p = model.conditional(i, torch.as_tensor(k, dtype=torch.float32)[:, None]).probs.double()  # (N+1, 1)
+        j = torch.arange(model.total + 1, dtype=torch.float64)[None, :]
+        return torch.distributions.Binomial(model.total, probs=p).log_prob(j).exp().numpy()
+    return f
+
+
+def binomial_chain_pmfs(model) -> list[np.ndarray]:
+    """Exact pmfs of every layer of a binomial chain on ``0..model.total`` (``z_1`` uniform)."""
+    n = model.total + 1
+    return propagate_discrete(np.full(n, 1.0 / n), [_binomial_transition(model, i) for i in range(model.layers)])
+
+
+def binomial_chain_kl(teacher_pmf: np.ndarray, student) -> dict:
+    """Exact ``KL(p_T(y) || p_S(y))`` of a binomial student chain against the teacher's last-layer
+    pmf (``binomial_chain_pmfs(teacher)[-1]``), in the form :func:`gaussian_chain_kl` returns."""
+    ps = binomial_chain_pmfs(student)[-1]
+    return {"kl_grid": discrete_kl(teacher_pmf, ps), "mass_teacher": float(teacher_pmf.sum()),
+            "mass_student": float(ps.sum()), "grid_cells": len(ps), "grid_h_over_std": float("nan"),
+            "grid_lo": 0.0, "grid_hi": float(len(ps) - 1)}
