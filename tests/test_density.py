@@ -236,3 +236,32 @@ def test_logit_transform_round_trip():
     x = torch.randint(0, 17, (50, 64)).float() / 16
     p = to_pixels(logit_transform(dequantize(x), 0.05), 0.05)
     assert torch.all((p * 17 >= x * 16 - 1e-4) & (p * 17 <= x * 16 + 1 + 1e-4))  # inside the dequantization bin
+
+
+@pytest.mark.slow
+def test_evaluative_students_concentrate_and_collapse_instructive_ones_do_not(tmp_path, one_thread):
+    """The documented findings (docs/density_distill.md) at a mid-size budget (about 1 min CPU):
+    on the linear-Gaussian teacher the reverse-KL student concentrates on the teacher's mode at
+    T = 64 (positive shift, more than at T = 4; covariance too small) while x-reconstruction
+    recovers the teacher; on digits the evaluative students (reverse KL, z-reconstruction)
+    collapse onto few classes, far from the teacher's samples, and the instructive ones do not."""
+    from dgmkd import config
+    from dgmkd.experiments import density_distill
+
+    cfg = config.override(density_distill.Config(), dict(
+        dims=(4, 64), seeds=(0, 1, 2), steps=2000, signal_every=10, smooth=10, losses=("reverse_kl", "x_recon"),
+        prop1_samples=10000, parts=("linear", "digits"), img_losses=("reverse_kl", "z_recon", "x_recon", "oracle"),
+        img_teacher_hidden=(256, 256), img_teacher_steps=1500, img_steps=800, img_oracle_pool=4000, progress=False))
+    res = density_distill.run(cfg, tmp_path)
+    rkl = harness.summarize([r for r in res["linear"] if r["loss"] == "reverse_kl"], ("T",), ("shift",))
+    shift = {r["T"]: r["shift_mean"] for r in rkl}
+    assert shift[64] > 0.5 and shift[64] > shift[4], shift
+    for r in res["linear"]:
+        if r["T"] == 64 and r["loss"] == "reverse_kl":
+            assert r["logdet_cov_ratio"] < -5 and r["kl_student_teacher"] > 1, r
+        if r["loss"] == "x_recon":
+            assert r["kl_student_teacher"] < 1e-2, r
+    d = {r["model"]: r for r in res["digits"]}
+    assert min(d[m]["fd_cnn_to_teacher"] for m in ("reverse_kl", "z_recon")) > \
+        3 * max(d[m]["fd_cnn_to_teacher"] for m in ("x_recon", "oracle")), d
+    assert min(d[m]["top_class_frac"] for m in ("reverse_kl", "z_recon")) > d["x_recon"]["top_class_frac"] + 0.1, d
