@@ -51,10 +51,10 @@ def main(argv=None):
     z = torch.randn(args.batch, args.dim)
     t_times, s_times = [], []
     with torch.no_grad():
-        teacher.transform(z), student.transform(z)  # warm-up
+        teacher.from_noise(z), student.from_noise(z)  # warm-up
         for _ in range(args.rounds):
-            t_times.append(_time(lambda: teacher.transform(z), 2))
-            s_times.append(_time(lambda: student.transform(z), 20))
+            t_times.append(_time(lambda: teacher.from_noise(z), 2))
+            s_times.append(_time(lambda: student.from_noise(z), 20))
     t_med, s_med = statistics.median(t_times), statistics.median(s_times)
     print(f"teacher (autoregressive, {args.dim} sequential passes): {args.batch / t_med:10.0f} samples/s "
           f"({t_med * 1e3:.2f} ms per batch of {args.batch})")

@@ -44,9 +44,9 @@ def test_inverse_jacobian_triangular_and_logdet():
     m = GaussianAutoregressive(d, hidden=(32,))
     _randomize(m)
     x = torch.randn(1, d)
-    jac = torch.autograd.functional.jacobian(lambda v: m.inverse(v)[0], x)[0, :, 0, :]
+    jac = torch.autograd.functional.jacobian(lambda v: m.to_noise(v)[0], x)[0, :, 0, :]
     assert torch.triu(jac, 1).abs().max() == 0  # z_t depends on x_<=t only
-    _, logdet = m.inverse(x)
+    _, logdet = m.to_noise(x)
     assert torch.allclose(torch.linalg.slogdet(jac).logabsdet, logdet[0], atol=1e-5)
     # diagonal is 1 / sigma_t
     _, log_sigma = m.conditionals(x)
@@ -57,12 +57,12 @@ def test_sequential_sampling_inverts_parallel_encoding():
     m = GaussianAutoregressive(7, hidden=(32, 32))
     _randomize(m)
     z = torch.randn(20, 7)
-    x, ld = m.transform(z)
-    z2, ld_inv = m.inverse(x)
+    x, ld = m.from_noise(z)
+    z2, ld_inv = m.to_noise(x)
     assert torch.allclose(z, z2, atol=1e-4)
     assert torch.allclose(ld, -ld_inv, atol=1e-4)
     # and x -> z -> x
-    x2, _ = m.transform(z2)
+    x2, _ = m.from_noise(z2)
     assert torch.allclose(x, x2, atol=1e-4)
 
 
@@ -76,8 +76,8 @@ def test_log_prob_equals_change_of_variables_and_chain_rule():
     assert torch.allclose(m.log_prob(x), chain, atol=1e-5)
     # change of variables with a numerically computed Jacobian
     for i in range(3):
-        jac = torch.autograd.functional.jacobian(lambda v: m.inverse(v[None])[0][0], x[i])
-        z = m.inverse(x[i:i + 1])[0][0]
+        jac = torch.autograd.functional.jacobian(lambda v: m.to_noise(v[None])[0][0], x[i])
+        z = m.to_noise(x[i:i + 1])[0][0]
         ref = -0.5 * (z ** 2).sum() - 2 * math.log(2 * math.pi) + torch.linalg.slogdet(jac).logabsdet
         assert torch.allclose(m.log_prob(x[i:i + 1])[0], ref, atol=1e-4)
 
@@ -113,7 +113,7 @@ def test_site_forward_names_latent_and_output():
         x = m(5)
     assert list(tr.sites) == ["z", "x"]
     assert tr.sites["z"]["kind"] == "latent" and tr.sites["x"]["kind"] == "deterministic"
-    assert torch.allclose(m.transform(tr.sites["z"]["noise"])[0], x)
+    assert torch.allclose(m.from_noise(tr.sites["z"]["noise"])[0], x)
     with pytest.raises(ValueError, match="output"):
         m(2, output="nope")
     with pytest.raises(ValueError, match="positive int"):
@@ -136,10 +136,10 @@ def test_causal_conv_teacher_is_autoregressive_and_invertible():
     assert jac[:, L - 1, : L - 1 - 9].abs().max() == 0
     assert jac[:, L - 1, L - 1 - 9].abs().max() > 0
     z = torch.randn(16, L, dtype=torch.float64)
-    xs, ld = m.transform(z)
-    z2, ld2 = m.inverse(xs)
+    xs, ld = m.from_noise(z)
+    z2, ld2 = m.to_noise(xs)
     assert torch.allclose(z, z2, atol=1e-9) and torch.allclose(ld, -ld2, atol=1e-9)
-    jz = torch.autograd.functional.jacobian(lambda v: m.inverse(v[None])[0][0], xs[0])
+    jz = torch.autograd.functional.jacobian(lambda v: m.to_noise(v[None])[0][0], xs[0])
     assert torch.allclose(torch.linalg.slogdet(jz).logabsdet, ld2[0], atol=1e-9)
     with pytest.raises(ValueError, match="length"):
         CausalConvAutoregressive(0)

@@ -22,7 +22,7 @@ def _randomize(model, scale=0.3):
 def test_fresh_student_is_identity():
     s = IAF(5, layers=3, hidden=(16,))
     z = torch.randn(4, 5)
-    x, ld = s.transform(z)
+    x, ld = s.from_noise(z)
     assert torch.equal(x, z) and torch.all(ld == 0)
 
 
@@ -31,9 +31,9 @@ def test_layer_jacobian_is_lower_triangular_with_logdet():
     layer = IAFLayer(d, hidden=(32,))
     _randomize(layer)
     z = torch.randn(1, d)
-    jac = torch.autograd.functional.jacobian(lambda v: layer(v)[0], z)[0, :, 0, :]
+    jac = torch.autograd.functional.jacobian(lambda v: layer.from_noise(v)[0], z)[0, :, 0, :]
     assert torch.triu(jac, 1).abs().max() == 0  # x_t depends on z_<=t (Eq. 3)
-    assert torch.allclose(torch.linalg.slogdet(jac).logabsdet, layer(z)[1][0], atol=1e-5)  # Eq. 5
+    assert torch.allclose(torch.linalg.slogdet(jac).logabsdet, layer.from_noise(z)[1][0], atol=1e-5)  # Eq. 5
 
 
 def test_stack_logdet_matches_autograd_jacobian():
@@ -42,10 +42,10 @@ def test_stack_logdet_matches_autograd_jacobian():
     _randomize(s)
     for _ in range(3):
         z = torch.randn(1, d)
-        jac = torch.autograd.functional.jacobian(lambda v: s.transform(v[None])[0][0], z[0])
+        jac = torch.autograd.functional.jacobian(lambda v: s.from_noise(v[None])[0][0], z[0])
         # alternating orders: the stack is *not* triangular, but its log-det is still exact
         assert torch.triu(jac, 1).abs().max() > 0
-        assert torch.allclose(torch.linalg.slogdet(jac).logabsdet, s.transform(z)[1][0], atol=1e-4)
+        assert torch.allclose(torch.linalg.slogdet(jac).logabsdet, s.from_noise(z)[1][0], atol=1e-4)
 
 
 def test_inverse_round_trip_and_exact_log_density():
@@ -53,8 +53,8 @@ def test_inverse_round_trip_and_exact_log_density():
     s = IAF(d, layers=4, hidden=(32,)).double()
     _randomize(s, 0.2)
     x, log_p = s.sample_with_log_prob(50)
-    z, ld_inv = s.inverse(x)
-    x2, ld = s.transform(z)
+    z, ld_inv = s.to_noise(x)
+    x2, ld = s.from_noise(z)
     assert torch.allclose(x, x2, atol=1e-8)
     assert torch.allclose(ld, -ld_inv, atol=1e-8)
     # one-pass density of own samples == density via the (sequential) inverse
@@ -74,6 +74,6 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="at least one layer"):
         IAF(3, layers=0)
     with pytest.raises(ValueError, match=r"\(batch, 3\)"):
-        IAF(3, layers=1, hidden=(4,)).transform(torch.randn(2, 2))
+        IAF(3, layers=1, hidden=(4,)).from_noise(torch.randn(2, 2))
     with pytest.raises(TypeError):
-        IAF(3, layers=1, hidden=(4,)).inverse([1.0, 2.0, 3.0])
+        IAF(3, layers=1, hidden=(4,)).to_noise([1.0, 2.0, 3.0])

@@ -1,34 +1,19 @@
 """``dgmkd run density-distill``: probability density distillation (Huang et al., UAI 2019).
 
-Three parts (``parts=linear,digits,sequences``): the linear-Gaussian study below (§3.2, §4.1.1),
-the digits study of :mod:`dgmkd.experiments.density_digits` (§4.1.2–4.1.3) and the MNIST-1D study
-of :mod:`dgmkd.experiments.density_sequences` (a WaveNet-style teacher).
-
-Linear part.
-
-Teacher ``x = mu + R z`` with ``mu = 2``, ``R_ij ~ N(0, 1)`` fixed; student ``x = mu_S + R_S z``
-(full matrix, initialised at ``N(0, I)``), trained by each loss of :mod:`dgmkd.methods.density`
-(reverse KL, z-reconstruction, x-reconstruction on fresh teacher samples, oracle prediction) for
-``T`` in {4, 16, 32, 64}; batch 64, Adam 5e-3, 5000 updates (the paper's budget).
-
-Outputs (in the run directory, all written by this code):
-
-* ``fig2_loglik_hist.png`` — their Fig. 2: histograms of ``log p_T(x)`` for 1000 teacher samples
-  and 1000 samples of each student, one panel per ``T``;
-* ``fig3_expansion_signal.png`` — their Fig. 3: the frequency of the expansion signal
-  ``{(x - mu_T)^T g_x > 0}`` during reverse-KL training, 128 student samples per step, mean over
-  8 repeats (each repeat a new teacher ``R`` and seed);
-* ``results.csv``, ``expansion.csv``, ``prop1.csv``, ``history.csv`` and ``report.md`` (tables).
-
-The Prop. 1 table compares, per ``T``, the closed form (Imhof's formula on the eigenvalues of the
-teacher covariance relative to the student's, footnote 1) with the Monte Carlo frequency — at the
-student's initialisation (both centred) and at the end of reverse-KL training.
+Parts (``parts``): the linear-Gaussian study here (§3.2, §4.1.1) and the autoregressive teachers
+of :mod:`dgmkd.experiments.density_ar` (digits, MNIST-1D; first seed). Linear: teacher
+``x = mu + R z`` (``R_ij ~ N(0, 1)`` fixed), student ``x = mu_S + R_S z`` initialised at ``N(0, I)``,
+trained by each loss of :mod:`dgmkd.methods.density` (x-reconstruction on fresh teacher samples)
+on the first seed of ``seeds``; reverse KL on every seed (own teacher each), measuring the
+expansion signal ``{(x - mu_T)^T g_x > 0}`` (Fig. 3: mean over seeds). ``report(out)`` draws the
+Fig. 2 histograms and Fig. 3 curves from ``loglik.csv`` and ``expansion.csv``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +21,15 @@ import numpy as np
 import torch
 from torch.distributions import kl_divergence
 
-from .. import rundir
+from .. import harness
+from ..config import ConfigError, to_dict
 from ..methods import density
 from ..models.linear_gaussian import LinearGaussian
-from ..train import train
+from ..train import fit
+from . import density_ar
 
 DESCRIPTION = "probability density distillation: reverse KL vs z/x-recon vs oracle; linear-Gaussian, digits, MNIST-1D (Huang et al.)"
+PARTS = ("linear", "digits", "sequences")
 
 
 @dataclass
@@ -54,18 +42,16 @@ class Config:
     batch: int = 64
     lr: float = 5e-3
     teacher_loc: float = 2.0
-    repeats: int = 8                # Fig. 3: 8 repeats of reverse-KL training
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)  # Fig. 3: 8 repeats of reverse-KL training
     signal_samples: int = 128       # Fig. 3: 128 samples per step
-    signal_every: int = 1           # measure the expansion signal every k steps
+    signal_every: int = 1
     eval_samples: int = 1000        # Fig. 2: 1000 samples of teacher and of each student
     prop1_samples: int = 100000
     smooth: int = 50                # moving-average window of the Fig. 3 curves
-    seed: int = 0
     threads: int = 1
     progress: bool = True
-    parts: tuple[str, ...] = ("linear", "digits", "sequences")
-    # digits part (density_digits.py)
-    img_losses: tuple[str, ...] = ("reverse_kl", "z_recon", "x_recon", "x_recon_noise", "oracle")
+    parts: tuple[str, ...] = PARTS
+    img_losses: tuple[str, ...] = density_ar.STUDENT_LOSSES
     img_alpha: float = 0.05
     img_teacher_hidden: tuple[int, ...] = (512, 512)
     img_teacher_steps: int = 5000
@@ -78,275 +64,234 @@ class Config:
     img_oracle_pool: int = 20000
     img_grad_clip: float = 10.0
     noise_std_img: float = 0.5      # §4.1.3: "N(0, 0.5)" noise on the encodings
-    img_cnn_metrics: bool = True    # digits-CNN FD and class histogram (trains + caches the CNN once)
-    # sequences part (density_sequences.py; students and their optimizer use the img_* settings)
-    seq_samples: int = 5000         # MNIST-1D set size (80/20 train/test)
+    img_cnn_metrics: bool = True    # digits-classifier FD and class histogram
+    seq_samples: int = 5000         # MNIST-1D set size (80/20 train/test); students use the img_* settings
     seq_teacher_channels: int = 32
     seq_teacher_layers: int = 6     # dilations 1..32: receptive field 65 >= 40 steps
     seq_teacher_steps: int = 3000
-    seq_steps: int = 1500           # student updates (CPU convolutions are slow here; see docs)
+    seq_steps: int = 1500
     seq_oracle_pool: int = 5000
     seq_eval_samples: int = 1000
 
     def validate(self):
-        bad = [l for l in self.losses if l not in density.LOSSES]
-        if bad:
-            raise ValueError(f"unknown loss(es) {bad}; choose from {', '.join(density.LOSSES)}")
-        if self.distance not in density.DISTANCES:
-            raise ValueError(f"distance must be one of {density.DISTANCES}, got {self.distance!r}")
-        if any(d < 1 for d in self.dims) or not self.dims:
-            raise ValueError(f"dims must be positive, got {self.dims}")
-        if self.steps < 1 or self.batch < 1 or self.repeats < 1 or self.signal_every < 1:
-            raise ValueError("steps, batch, repeats and signal_every must be >= 1")
-        bad = [p for p in self.parts if p not in ("linear", "digits", "sequences")]
-        if bad or not self.parts:
-            raise ValueError(f"parts must be a non-empty subset of linear,digits,sequences; got {self.parts}")
-        from .density_digits import STUDENT_LOSSES
-        bad = [l for l in self.img_losses if l not in STUDENT_LOSSES]
-        if bad:
-            raise ValueError(f"unknown digits loss(es) {bad}; choose from {', '.join(STUDENT_LOSSES)}")
+        def need(ok, key, allowed):
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is not allowed: {allowed}")
+        need(self.dims and min(self.dims) >= 1, "dims", "a non-empty list of positive dimensions")
+        need(self.losses and set(self.losses) <= set(density.LOSSES), "losses", f"a subset of {density.LOSSES}")
+        need(self.distance in density.DISTANCES, "distance", f"one of {density.DISTANCES}")
+        need(self.seeds, "seeds", "at least one seed")
+        need(self.parts and set(self.parts) <= set(PARTS), "parts", f"a non-empty subset of {PARTS}")
+        need(set(self.img_losses) <= set(density_ar.STUDENT_LOSSES), "img_losses",
+             f"a subset of {density_ar.STUDENT_LOSSES}")
+        need(0 < self.img_alpha < 0.5, "img_alpha", "in (0, 0.5)")
+        need(self.noise_std >= 0, "noise_std", ">= 0")
+        need(self.noise_std_img >= 0, "noise_std_img", ">= 0")
+        for k in ("steps", "batch", "signal_samples", "signal_every", "eval_samples", "prop1_samples", "smooth",
+                  "img_batch", "img_steps", "img_oracle_pool", "seq_steps", "seq_oracle_pool", "seq_eval_samples"):
+            need(getattr(self, k) >= 1, k, "a positive integer")
 
 
-QUICK = {"steps": 600, "repeats": 2, "signal_every": 2, "smooth": 20, "prop1_samples": 20000,
-         "img_teacher_steps": 600, "img_steps": 300, "img_oracle_pool": 2000, "img_teacher_hidden": "256,256",
-         "parts": "linear,digits",  # the sequence part is slow on CPU: try `--quick --set parts=sequences`
-         "seq_samples": 2000, "seq_teacher_steps": 300, "seq_steps": 150, "seq_oracle_pool": 500,
-         "seq_eval_samples": 300}
+QUICK = {"steps": 600, "seeds": (0, 1), "signal_every": 2, "smooth": 20, "prop1_samples": 20000, "img_steps": 300,
+         "img_teacher_steps": 600, "img_oracle_pool": 2000, "img_teacher_hidden": (256, 256), "seq_samples": 2000,
+         "parts": ("linear", "digits"),  # the sequence part is slow on CPU: `--quick --set parts=sequences`
+         "seq_teacher_steps": 300, "seq_steps": 150, "seq_oracle_pool": 500, "seq_eval_samples": 300}
+TEST = {"dims": (3, 5), "steps": 40, "prop1_samples": 2000, "eval_samples": 200, "smooth": 5, "img_teacher_steps": 20,
+        "img_steps": 10, "img_oracle_pool": 128, "img_teacher_hidden": (32, 32), "img_student_hidden": (16,),
+        "img_student_layers": 2, "img_cnn_metrics": False, "parts": PARTS, "seq_samples": 200, "seq_teacher_steps": 5,
+        "seq_steps": 5, "seq_teacher_channels": 4, "seq_teacher_layers": 2, "seq_oracle_pool": 32, "seq_eval_samples": 20}
 
 
-def _teacher(cfg: Config, dim: int, repeat: int) -> LinearGaussian:
-    g = torch.Generator().manual_seed(10_000 * cfg.seed + 100 * dim + repeat)
-    return LinearGaussian.random(dim, loc=cfg.teacher_loc, generator=g)
-
-
-def _relative_eigs(teacher: LinearGaussian, student: LinearGaussian) -> torch.Tensor:
-    """Eigenvalues of ``Sigma_S^{-1} Sigma_T`` (the teacher's covariance in the student's whitened
-    coordinates, Huang et al. footnote 1), computed in float64."""
-    ss = student.covariance().detach().double()
-    st = teacher.covariance().detach().double()
-    l = torch.linalg.cholesky(ss)
-    m = torch.linalg.solve_triangular(l, torch.linalg.solve_triangular(l, st, upper=False).T, upper=False)
-    return torch.linalg.eigvalsh(0.5 * (m + m.T))
-
-
-def _train_one(cfg, teacher, name, dim, seed, signal: bool):
+def _train(cfg: Config, dim: int, s: int, name: str):
+    """A linear student trained by loss ``name`` on seed ``s``'s teacher: its results row and history."""
+    teacher = LinearGaussian.random(dim, cfg.teacher_loc, harness.generator(s, "linear-teacher", dim))
     student = LinearGaussian(dim)
-    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-    extra = None
-    if signal:
-        def extra(step):
-            if step % cfg.signal_every:
-                return {}
-            return {"p_expand": density.expansion_signal(teacher, student, cfg.signal_samples, teacher.loc)}
-    step_fn = density.make_step(name, teacher, student, opt, distance=cfg.distance, noise_std=cfg.noise_std,
-                                extra=extra)
-    inputs = (lambda: teacher.sample(cfg.batch)) if name == "x_recon" else cfg.batch
-    hist = train(step_fn, inputs, cfg.steps, state={"student": student, "optimizer": opt}, seed=seed,
-                 progress=cfg.progress, desc=f"T={dim} {name} s{seed}")
-    return student, hist
+
+    def extra(step):
+        if name != "reverse_kl" or step % cfg.signal_every:
+            return {}
+        return {"p_expand": density.expansion_signal(teacher, student, cfg.signal_samples, teacher.loc)}
+    h = fit(density.objective(name, teacher, student, distance=cfg.distance, noise_std=cfg.noise_std, extra=extra),
+            student, (lambda: teacher.sample(cfg.batch)) if name == "x_recon" else cfg.batch, cfg.steps, lr=cfg.lr,
+            seed=harness.seed(s, "linear-fit", dim), progress=cfg.progress, desc=f"T={dim} {name} seed {s}")
+    with torch.no_grad():
+        harness.manual_seed(s, "linear-eval", dim)
+        lt, ls = teacher.log_prob(teacher.sample(cfg.eval_samples)), teacher.log_prob(student.sample(cfg.eval_samples))
+        ps, pt = copy.deepcopy(student).double().distribution(), copy.deepcopy(teacher).double().distribution()
+        row = {"T": dim, "loss": name, "seed": s, "shift": float((ls.mean() - lt.mean()) / lt.std()),
+               "teacher_loglik_mean": float(lt.mean()), "teacher_loglik_std": float(lt.std()),
+               "student_loglik_mean": float(ls.mean()), "student_loglik_std": float(ls.std()),
+               "kl_student_teacher": float(kl_divergence(ps, pt)), "kl_teacher_student": float(kl_divergence(pt, ps)),
+               "logdet_cov_ratio": float(torch.linalg.slogdet(ps.covariance_matrix).logabsdet
+                                         - torch.linalg.slogdet(pt.covariance_matrix).logabsdet),
+               "final_loss": float(np.mean(h["loss"][-50:]))}
+    return row, h, lt, ls, teacher, student
 
 
-@torch.no_grad()
-def _metrics(cfg, teacher, student, name, dim, hist) -> tuple[dict, torch.Tensor]:
-    """Teacher log-likelihood of 1000 teacher and 1000 student samples (Fig. 2) and the closed-form
-    KLs in float64."""
-    torch.manual_seed(cfg.seed + 7)
-    lt = teacher.log_prob(teacher.sample(cfg.eval_samples))
-    torch.manual_seed(cfg.seed + 11)
-    ls = teacher.log_prob(student.sample(cfg.eval_samples))
-    ps_ = copy.deepcopy(student).double().distribution()
-    pt_ = copy.deepcopy(teacher).double().distribution()
-    row = {"T": dim, "loss": name,
-           "teacher_loglik_mean": float(lt.mean()), "teacher_loglik_std": float(lt.std()),
-           "student_loglik_mean": float(ls.mean()), "student_loglik_std": float(ls.std()),
-           "shift_in_teacher_std": float((ls.mean() - lt.mean()) / lt.std()),
-           "kl_student_teacher": float(kl_divergence(ps_, pt_)),
-           "kl_teacher_student": float(kl_divergence(pt_, ps_)),
-           "logdet_cov_ratio": float(torch.linalg.slogdet(ps_.covariance_matrix).logabsdet
-                                     - torch.linalg.slogdet(pt_.covariance_matrix).logabsdet),
-           "final_loss": float(np.mean(hist["loss"][-50:]))}
-    return row, ls
+def _linear(cfg: Config, out: Path) -> None:
+    rows, loglik, expansion, prop1, history, s0 = [], [], [], [], [], cfg.seeds[0]
+    for dim in cfg.dims:
+        t = LinearGaussian.random(dim, cfg.teacher_loc, harness.generator(s0, "linear-teacher", dim))
+        centred, init = LinearGaussian(dim, 0.0, t.matrix, False), LinearGaussian(dim, trainable=False)
+        harness.manual_seed(s0, "prop1-init", dim)  # Proposition 1 at the initial student N(0, I), both centred
+        p = {"T": dim, "p_closed_init": density.expansion_probability(density.relative_eigenvalues(centred, init)),
+             "p_mc_init": density.expansion_signal(centred, init, cfg.prop1_samples)}
+        runs = [(s0, n) for n in cfg.losses] + [(s, "reverse_kl") for s in cfg.seeds[1:] if "reverse_kl" in cfg.losses]
+        for s, name in runs:
+            row, h, lt, ls, teacher, student = _train(cfg, dim, s, name)
+            rows.append(row)
+            if name == "reverse_kl":
+                expansion += [{"T": dim, "seed": s, "step": i * cfg.signal_every, "p_expand": v}
+                              for i, v in enumerate(h["p_expand"])]
+            if s != s0:
+                continue
+            history += [{"T": dim, "loss": name, "step": i, "value": v} for i, v in zip(h["step"], h["loss"])
+                        if i % 10 == 0]
+            loglik += [{"T": dim, "model": m, "value": float(v)} for m, vs in
+                       ([("teacher", lt)] if name == cfg.losses[0] else []) + [(name, ls)] for v in vs]
+            if name == "reverse_kl":
+                harness.manual_seed(s, "prop1-end", dim)
+                p.update(p_closed_end=density.expansion_probability(density.relative_eigenvalues(teacher, student)),
+                         p_mc_end=density.expansion_signal(teacher, student, cfg.prop1_samples, teacher.loc))
+        prop1.append(p)
+    for name, data in dict(results=rows, loglik=loglik, expansion=expansion, prop1=prop1, history=history).items():
+        if data:
+            harness.write_csv(out / f"{name}.csv", data)
 
 
 def run(cfg: Config, out: Path) -> dict:
     cfg.validate()
     torch.set_num_threads(cfg.threads)
     out = Path(out)
-    summary: dict = {}
-    lines: list[str] = ["# Density distillation (Huang et al., UAI 2019)", ""]
-    if "linear" in cfg.parts:
-        summary["linear"] = _run_linear(cfg, out, lines)
-    if "digits" in cfg.parts:
-        from .density_digits import digits_report, run_digits
-
-        summary["digits"] = run_digits(cfg, out)
-        lines += digits_report(summary["digits"], cfg)
-    if "sequences" in cfg.parts:
-        from .density_sequences import run_sequences, sequences_report
-
-        summary["sequences"] = run_sequences(cfg, out)
-        lines += sequences_report(summary["sequences"], cfg)
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    return summary
-
-
-def _run_linear(cfg: Config, out: Path, lines: list[str]) -> dict:
-    rows, exp_rows, prop_rows, hist_rows, rep_rows = [], [], [], [], []
-    loglik: dict[int, dict[str, np.ndarray]] = {}
-    curves: dict[int, np.ndarray] = {}
-    for dim in cfg.dims:
-        teacher = _teacher(cfg, dim, 0)
-        torch.manual_seed(cfg.seed + 7)
-        with torch.no_grad():
-            lt = teacher.log_prob(teacher.sample(cfg.eval_samples))
-        loglik[dim] = {"teacher": lt.numpy()}
-        # Proposition 1 at the initial student N(0, I), both centred: closed form vs Monte Carlo
-        centred = LinearGaussian(dim, 0.0, teacher.matrix, trainable=False)
-        init = LinearGaussian(dim, trainable=False)
-        p_cf = density.expansion_probability(_relative_eigs(centred, init))
-        p_mc = density.expansion_signal(centred, init, cfg.prop1_samples)
-        prop = {"T": dim, "p_closed_init": p_cf, "p_mc_init": p_mc,
-                "se_init": math.sqrt(max(p_cf * (1 - p_cf), 1e-12) / cfg.prop1_samples)}
-        signal_runs = []
-        for name in cfg.losses:
-            n_rep = cfg.repeats if name == "reverse_kl" else 1
-            for r in range(n_rep):
-                t_r = teacher if r == 0 else _teacher(cfg, dim, r)
-                student, hist = _train_one(cfg, t_r, name, dim, cfg.seed + r, signal=name == "reverse_kl")
-                if name == "reverse_kl":
-                    steps_m = [s for s in hist["step"] if s % cfg.signal_every == 0]
-                    signal_runs.append(np.array(hist["p_expand"]))
-                    exp_rows += [{"T": dim, "repeat": r, "step": s, "p_expand": p}
-                                 for s, p in zip(steps_m, hist["p_expand"])]
-                if r:  # later reverse-KL repeats: only their summary numbers
-                    rep_rows.append({"repeat": r, **_metrics(cfg, t_r, student, name, dim, hist)[0]})
-                    continue
-                hist_rows += [{"T": dim, "loss": name, "step": s, "value": v}
-                              for s, v in zip(hist["step"], hist["loss"]) if s % 10 == 0]
-                row, ls = _metrics(cfg, teacher, student, name, dim, hist)
-                loglik[dim][name] = ls.numpy()
-                rows.append(row)
-                if name == "reverse_kl":
-                    rep_rows.append({"repeat": 0, **row})
-                if name == "reverse_kl":
-                    p_end_cf = density.expansion_probability(_relative_eigs(teacher, student))
-                    prop.update({"p_closed_end_rkl": p_end_cf,
-                                 "p_mc_end_rkl": density.expansion_signal(teacher, student, cfg.prop1_samples,
-                                                                          teacher.loc)})
-                print(f"  T={dim:3d} {name:10s} KL(S||T)={row['kl_student_teacher']:.3f} "
-                      f"KL(T||S)={row['kl_teacher_student']:.3f} shift={row['shift_in_teacher_std']:+.2f} sd")
-        if signal_runs:
-            curves[dim] = np.stack(signal_runs)
-        prop_rows.append(prop)
-    rundir.write_csv(out / "results.csv", rows)
-    rundir.write_csv(out / "expansion.csv", exp_rows)
-    rundir.write_csv(out / "prop1.csv", prop_rows)
-    rundir.write_csv(out / "reverse_kl_repeats.csv", rep_rows)
-    rundir.write_csv(out / "history.csv", hist_rows)
-    _plot_hist(cfg, loglik, out / "fig2_loglik_hist.png")
-    if curves:
-        _plot_signal(cfg, curves, out / "fig3_expansion_signal.png")
-    return _report(cfg, rows, prop_rows, curves, rep_rows, lines)
+    if not (out / "config.json").exists():
+        harness.write_json(out / "config.json", {"experiment": "density-distill", **to_dict(cfg)})
+    seconds = {}
+    for part in cfg.parts:
+        t0 = time.perf_counter()
+        _linear(cfg, out) if part == "linear" else density_ar.run_part(cfg, out, part, cfg.seeds[0])
+        seconds[part] = round(time.perf_counter() - t0, 1)
+    harness.write_json(out / "timing.json", seconds)
+    report(out)
+    return {part: harness.read_csv(out / ("results.csv" if part == "linear" else f"{part}_results.csv"))
+            for part in cfg.parts}
 
 
 def _moving(x: np.ndarray, w: int) -> np.ndarray:
-    if w <= 1 or x.shape[-1] < w:
-        return x
-    k = np.ones(w) / w
-    return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), -1, x)
+    return x if w <= 1 or x.shape[-1] < w else np.convolve(x, np.ones(w) / w, mode="valid")
 
 
-def _plot_hist(cfg, loglik, path):
-    import matplotlib
+def report(out: Path) -> str:
+    """Rebuild ``report.md`` and the linear part's figures from the run files."""
+    out = Path(out)
+    cfg = harness.load_config(out, Config)
+    secs = harness.read_json(out / "timing.json")
+    lines = ["# Density distillation (Huang et al., UAI 2019)", "",
+             "Huang et al.: reverse KL (the Parallel WaveNet objective) and z-reconstruction are *evaluative*: "
+             "scored on its own samples only, the student concentrates on the teacher's high-density region, more "
+             "so in high dimension, since the gradient that would expand it is rare (Prop. 1); x-reconstruction "
+             "and oracle prediction are *instructive*: the student is shown typical samples.", "",
+             "Wall time per part: " + ", ".join(f"{k} {secs[k]:.0f} s" for k in cfg.parts) + ".", ""]
+    for part in cfg.parts:
+        lines += _linear_report(cfg, out) if part == "linear" else density_ar.report_part(cfg, out, part)
+    text = "\n".join(lines).rstrip() + "\n"
+    harness.write_text(out / "report.md", text)
+    return text
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    dims = list(loglik)
-    fig, axes = plt.subplots(1, len(dims), figsize=(4 * len(dims), 3.2), squeeze=False)
-    colors = {"teacher": "k", "reverse_kl": "tab:red", "z_recon": "tab:blue", "x_recon": "tab:green",
-              "oracle": "tab:orange"}
-    for ax, dim in zip(axes[0], dims):
-        vals = loglik[dim]
-        t = vals["teacher"]
-        allv = np.concatenate(list(vals.values()))
-        # the range covers the teacher's samples generously; lower student values (heavy left
-        # tails) are piled into the first bin so their mass stays visible
+def _linear_report(cfg: Config, out: Path) -> list[str]:
+    rows = harness.read_csv(out / "results.csv", required=("T", "loss", "seed", "shift"))
+    prop = harness.read_csv(out / "prop1.csv", required=("T", "p_closed_init"))
+    s0 = cfg.seeds[0]
+    first = [r for r in rows if r["seed"] == s0]
+    lines = ["## Linear-Gaussian teacher (§3.2, §4.1.1)", "",
+             f"{cfg.steps} updates, batch {cfg.batch}, Adam {cfg.lr}, distance {cfg.distance}, x_recon noise std "
+             f"{cfg.noise_std}; teacher x = {cfg.teacher_loc} + R z. Seed {s0} for every loss; reverse KL also on "
+             f"seeds {list(cfg.seeds[1:])}, each with its own teacher R.", "",
+             f"Teacher log-likelihood of {cfg.eval_samples} samples (Fig. 2, `fig2_loglik_hist.png`) and the exact "
+             f"KLs, seed {s0}. shift = (mean log p_T of student samples - that of teacher samples) / sd of the "
+             "latter: positive = the student concentrates on the teacher's high-density region.", ""]
+    lines += harness.table(
+        ["T", "loss", "teacher: mean (sd)", "student: mean (sd)", "shift (sd)", "KL(S‖T)", "KL(T‖S)", "log det Σ_S/Σ_T"],
+        [[r["T"], r["loss"], f"{r['teacher_loglik_mean']:.2f} ({r['teacher_loglik_std']:.2f})",
+          f"{r['student_loglik_mean']:.2f} ({r['student_loglik_std']:.2f})", f"{r['shift']:+.2f}",
+          f"{r['kl_student_teacher']:.3f}", f"{r['kl_teacher_student']:.3f}", f"{r['logdet_cov_ratio']:+.2f}"]
+         for r in first])
+    metrics = ("shift", "kl_student_teacher", "kl_teacher_student", "logdet_cov_ratio")
+    rkl = harness.summarize([r for r in rows if r["loss"] == "reverse_kl"], ("T",), metrics)
+    if rkl:
+        lines += ["", f"Reverse KL over {len(cfg.seeds)} seed(s), {harness.SPREAD}:", ""]
+        lines += harness.table(["T", "shift (sd)", "KL(S‖T)", "KL(T‖S)", "logdet Σ_S/Σ_T"],
+                               [[r["T"], *(harness.cell(r, m) for m in metrics)] for r in rkl])
+        xr = {r["T"]: r["kl_student_teacher"] for r in first if r["loss"] == "x_recon"}
+        lo, hi = rkl[0], rkl[-1]
+        grows = hi["shift_mean"] > lo["shift_mean"] and hi["kl_student_teacher_mean"] > lo["kl_student_teacher_mean"]
+        lines += ["", f"Claim: the reverse-KL student concentrates more as T grows. Its mean shift goes from "
+                  f"{lo['shift_mean']:+.2f} sd at T = {lo['T']} to {hi['shift_mean']:+.2f} sd at T = {hi['T']} and "
+                  f"KL(S‖T) from {lo['kl_student_teacher_mean']:.3f} to {hi['kl_student_teacher_mean']:.3f}: "
+                  + ("holds." if grows else "does not hold here.")
+                  + (f" x-reconstruction (on teacher samples, i.e. oracle prediction) ends at KL(S‖T) <= "
+                     f"{max(xr.values()):.2g} at every T." if xr else "")]
+    curves = {}
+    for r in harness.read_csv(out / "expansion.csv") if (out / "expansion.csv").exists() else []:
+        curves.setdefault(r["T"], {}).setdefault(r["seed"], []).append(r["p_expand"])
+    curves = {t: np.array(list(c.values())).mean(0) for t, c in curves.items()}
+    if curves:
+        lines += ["", f"## Expansion signal during reverse-KL training (Fig. 3, `fig3_expansion_signal.png`)", "",
+                  f"Frequency of (x - mu_T)^T g_x > 0 over {cfg.signal_samples} student samples every "
+                  f"{cfg.signal_every} update(s), mean over seeds; max after a {cfg.smooth}-point moving average.", ""]
+        summ = {t: (m[: max(1, len(m) // 20)].mean(), _moving(m, cfg.smooth).max(), m[-max(1, len(m) // 10):].mean())
+                for t, m in curves.items()}
+        lines += harness.table(["T", "first 5 % of updates", "max", "last 10 %"],
+                               [[t, *(f"{v:.3f}" for v in summ[t])] for t in summ])
+        ts = sorted(summ)
+        order = "falls" if summ[ts[-1]][2] < summ[ts[0]][2] else "rises"
+        lines += ["", f"Claim: the expansion signal is rarer for larger T. Here its late frequency {order} from "
+                  f"{summ[ts[0]][2]:.3f} (T = {ts[0]}) to {summ[ts[-1]][2]:.3f} (T = {ts[-1]}): "
+                  + ("holds." if order == "falls" else "does not hold here; see the Prop. 1 table: the reverse-KL "
+                     "student ends smaller than the teacher, which makes the event frequent.")]
+        _plot_signal(cfg, curves, out / "fig3_expansion_signal.png")
+    lines += ["", "## Proposition 1: closed form (Imhof) vs Monte Carlo", "",
+              f"At init: p_S = N(0, I), p_T = N(0, RR^T), {cfg.prop1_samples} samples. End: the seed-{s0} "
+              "reverse-KL student, relative covariance Σ_S^-1 Σ_T (footnote 1), Monte Carlo centred at the teacher "
+              "mean (the closed form assumes equal means).", ""]
+    lines += harness.table(["T", "closed form, init", "MC, init (± se)", "closed form, end", "MC, end"],
+                           [[p["T"], f"{p['p_closed_init']:.4f}", f"{p['p_mc_init']:.4f} ± "
+                             f"{math.sqrt(max(p['p_closed_init'] * (1 - p['p_closed_init']), 1e-12) / cfg.prop1_samples):.4f}",
+                             *((f"{p['p_closed_end']:.4f}", f"{p['p_mc_end']:.4f}") if p.get("p_closed_end") is not None
+                               else ("—", "—"))] for p in prop])
+    _plot_hist(harness.read_csv(out / "loglik.csv"), out / "fig2_loglik_hist.png")
+    return lines + [""]
+
+
+def _plot_hist(rows, path):
+    plt = harness._pyplot()
+    vals: dict = {}
+    for r in rows:
+        vals.setdefault(r["T"], {}).setdefault(r["model"], []).append(r["value"])
+    fig, axes = plt.subplots(1, len(vals), figsize=(4 * len(vals), 3.2), squeeze=False)
+    colors = {"teacher": "k", "reverse_kl": "tab:red", "z_recon": "tab:blue", "x_recon": "tab:green", "oracle": "C1"}
+    for ax, (dim, v) in zip(axes[0], vals.items()):
+        t, allv = np.array(v["teacher"]), np.concatenate([np.array(x) for x in v.values()])
+        # the range covers the teacher's samples generously; lower student values pile into the first bin
         lo, hi = min(t.min(), np.percentile(allv, 1)) - 2 * t.std(), allv.max()
-        bins = np.linspace(lo, hi, 50)
-        for k, v in vals.items():
-            ax.hist(np.clip(v, lo, hi), bins=bins, histtype="step" if k != "teacher" else "stepfilled",
-                    alpha=0.35 if k == "teacher" else 1.0, color=colors.get(k), label=k, lw=1.4,
+        for k, x in v.items():
+            ax.hist(np.clip(x, lo, hi), bins=np.linspace(lo, hi, 50), color=colors.get(k), label=k, lw=1.4,
+                    histtype="stepfilled" if k == "teacher" else "step", alpha=0.35 if k == "teacher" else 1.0,
                     ls="--" if k == "oracle" else "-")
-        ax.set_title(f"T = {dim}")
-        ax.set_xlabel("log p_T(x)")
-    axes[0][0].set_ylabel("count")
+        ax.set(title=f"T = {dim}", xlabel="log p_T(x)", ylabel="count" if ax is axes[0][0] else None)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path)
 
 
 def _plot_signal(cfg, curves, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness._pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for dim, c in curves.items():
-        raw = c.mean(0)
+    for dim, raw in curves.items():
         m = _moving(raw, cfg.smooth)
-        offset = (len(raw) - len(m)) / 2  # a 'valid' moving average is centred on its window
-        steps = (np.arange(len(m)) + offset) * cfg.signal_every
-        ax.plot(steps, m, label=f"T={dim}")
-    ax.set_xlabel("update")
-    ax.set_ylabel("P(expansion signal)")
-    ax.set_title(f"reverse KL: mean over {next(iter(curves.values())).shape[0]} repeats, "
-                 f"{cfg.signal_samples} samples/step")
+        ax.plot((np.arange(len(m)) + (len(raw) - len(m)) / 2) * cfg.signal_every, m, label=f"T={dim}")
+    ax.set(xlabel="update", ylabel="P(expansion signal)",
+           title=f"reverse KL: mean over {len(cfg.seeds)} seeds, {cfg.signal_samples} samples/step")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _report(cfg, rows, prop_rows, curves, rep_rows, lines) -> dict:
-    lines += ["## Linear-Gaussian teacher (§3.2, §4.1.1)", "",
-             f"steps={cfg.steps}, batch={cfg.batch}, Adam lr={cfg.lr}, distance={cfg.distance}, "
-             f"x_recon noise_std={cfg.noise_std}, reverse-KL repeats={cfg.repeats}, seed={cfg.seed}", "",
-             "## Teacher log-likelihood of 1000 student samples (Fig. 2) and closed-form KLs", "",
-             "`shift` = (mean log p_T of student samples - mean of teacher samples) / std of teacher samples;"
-             " positive = the student concentrates on the teacher's high-density region.", "",
-             "| T | loss | teacher mean±sd | student mean±sd | shift (sd) | KL(S‖T) | KL(T‖S) | logdet Σ_S/Σ_T |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['T']} | {r['loss']} | {r['teacher_loglik_mean']:.2f}±{r['teacher_loglik_std']:.2f} | "
-                     f"{r['student_loglik_mean']:.2f}±{r['student_loglik_std']:.2f} | {r['shift_in_teacher_std']:+.2f} | "
-                     f"{r['kl_student_teacher']:.3f} | {r['kl_teacher_student']:.3f} | {r['logdet_cov_ratio']:+.2f} |")
-    lines += ["", f"Reverse KL over {cfg.repeats} repeats (a new teacher R and seed each): mean ± sd", "",
-              "| T | shift (sd) | KL(S‖T) | KL(T‖S) |", "|---|---|---|---|"]
-    for dim in cfg.dims:
-        rr = [r for r in rep_rows if r["T"] == dim]
-        if not rr:
-            continue
-        f = lambda k: f"{np.mean([r[k] for r in rr]):.3f} ± {np.std([r[k] for r in rr]):.3f}"  # noqa: E731
-        lines.append(f"| {dim} | {f('shift_in_teacher_std')} | {f('kl_student_teacher')} | {f('kl_teacher_student')} |")
-    lines += ["", "## Expansion signal during reverse-KL training (Fig. 3)", "",
-              "| T | mean P, first 5% of updates | max P (smoothed) | mean P, last 10% |", "|---|---|---|---|"]
-    summary = {"rows": rows, "prop1": prop_rows, "expansion": {}}
-    for dim, c in curves.items():
-        m = c.mean(0)
-        n = len(m)
-        first, last = float(m[: max(1, n // 20)].mean()), float(m[-max(1, n // 10):].mean())
-        peak = float(_moving(m, cfg.smooth).max())
-        summary["expansion"][dim] = {"first": first, "peak": peak, "last": last}
-        lines.append(f"| {dim} | {first:.3f} | {peak:.3f} | {last:.3f} |")
-    lines += ["", "## Proposition 1: closed form (Imhof) vs Monte Carlo", "",
-              "At init: p_S = N(0, I), p_T = N(0, RR^T). End: the reverse-KL student (repeat 0), relative "
-              "covariance Σ_S^{-1}Σ_T (footnote 1), MC centred at the teacher mean.", "",
-              "| T | closed form, init | MC, init (±se) | closed form, end | MC, end |", "|---|---|---|---|---|"]
-    for p in prop_rows:
-        end = (f"{p['p_closed_end_rkl']:.4f} | {p['p_mc_end_rkl']:.4f}" if "p_closed_end_rkl" in p else "– | –")
-        lines.append(f"| {p['T']} | {p['p_closed_init']:.4f} | {p['p_mc_init']:.4f} ± {p['se_init']:.4f} | {end} |")
-    lines += ["", "Figures: `fig2_loglik_hist.png`, `fig3_expansion_signal.png`."]
-    return summary
+    harness.save_figure(fig, path)

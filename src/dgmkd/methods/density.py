@@ -4,7 +4,7 @@ A teacher ``T`` (e.g. :class:`~dgmkd.models.autoregressive.GaussianAutoregressiv
 slow map ``T^-1: z -> x`` but encodes (``T: x -> z``) and evaluates densities in one parallel
 pass; a student ``S: z -> x`` (e.g. :class:`~dgmkd.models.iaf.IAF`) samples in one parallel pass.
 Both follow the :class:`~dgmkd.models.autoregressive.InvertibleSampler` interface:
-``transform(z) -> (x, log|det dx/dz|)``, ``inverse(x) -> (z, log|det dz/dx|)``, ``log_prob(x)``.
+``from_noise(z) -> (x, log|det dx/dz|)``, ``to_noise(x) -> (z, log|det dz/dx|)``, ``log_prob(x)``.
 
 Losses (each a scalar: a per-example quantity summed over dimensions, averaged over the batch,
 the reduction of :func:`dgmkd.divergences.reduce`):
@@ -54,8 +54,8 @@ from ..coupling import couple
 from ..models.autoregressive import standard_normal_log_prob
 
 __all__ = ["reverse_kl", "z_reconstruction", "x_reconstruction", "oracle_prediction",
-           "oracle_prediction_coupled", "loss", "LOSSES", "DISTANCES", "make_step",
-           "expansion_signal", "expansion_probability"]
+           "oracle_prediction_coupled", "loss", "LOSSES", "DISTANCES", "objective",
+           "expansion_signal", "expansion_probability", "relative_eigenvalues"]
 
 DISTANCES = ("l2", "l1")
 LOSSES = ("reverse_kl", "z_recon", "x_recon", "oracle")
@@ -82,7 +82,7 @@ def reverse_kl(teacher, student, z: torch.Tensor | int) -> torch.Tensor:
     through ``x`` into the student (the path derivative of Eq. 6 plus the score term).
     """
     z = _noise_for(student, z)
-    x, logdet = student.transform(z)
+    x, logdet = student.from_noise(z)
     log_ps = standard_normal_log_prob(z) - logdet
     return (log_ps - teacher.log_prob(x)).mean()
 
@@ -91,8 +91,8 @@ def z_reconstruction(teacher, student, z: torch.Tensor | int, distance: str = "l
     """``d(z, T(S(z)))`` (§4, item 1): the student as encoder... of noise into data, scored by the
     teacher's encoder; equals ``d_T(T^-1(z), S(z))`` for the teacher-induced metric (Prop. 2)."""
     z = _noise_for(student, z)
-    x, _ = student.transform(z)
-    z_rec, _ = teacher.inverse(x)
+    x, _ = student.from_noise(z)
+    z_rec, _ = teacher.to_noise(x)
     return _distance(z, z_rec, distance)
 
 
@@ -108,10 +108,10 @@ def x_reconstruction(teacher, student, x: torch.Tensor, distance: str = "l2",
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
     teacher._check(x, "x")
     with torch.no_grad():
-        z, _ = teacher.inverse(x)
+        z, _ = teacher.to_noise(x)
     if noise_std:
         z = z + noise_std * torch.randn_like(z)
-    x_rec, _ = student.transform(z)
+    x_rec, _ = student.from_noise(z)
     return _distance(x, x_rec, distance)
 
 
@@ -122,8 +122,8 @@ def oracle_prediction(teacher, student, z: torch.Tensor | int, distance: str = "
     """
     z = _noise_for(student, z)
     with torch.no_grad():
-        x_t, _ = teacher.transform(z)
-    x_s, _ = student.transform(z)
+        x_t, _ = teacher.from_noise(z)
+    x_s, _ = student.from_noise(z)
     return _distance(x_t, x_s, distance)
 
 
@@ -162,37 +162,37 @@ def loss(name: str, teacher, student, *, z: torch.Tensor | int | None = None, x:
     raise ValueError(f"unknown density-distillation loss {name!r}; choose one of {', '.join(LOSSES)}")
 
 
-def make_step(name: str, teacher, student, optimizer: torch.optim.Optimizer, *, distance: str = "l2",
-              noise_std: float = 0.0, grad_clip: float | None = None,
+def objective(name: str, teacher, student, *, distance: str = "l2", noise_std: float = 0.0,
               extra: Callable[[int], dict] | None = None) -> Callable[[tuple, int], dict]:
-    """A ``step_fn(args, step)`` for :func:`dgmkd.train`: one optimizer step of loss ``name``.
+    """An ``objective(args, step)`` for :func:`dgmkd.train.fit`: loss ``name`` on one step's inputs.
 
     ``args`` is ``(batch,)`` for data-free losses (a batch size or a noise tensor) and ``(x,)``
     (a data batch) for ``x_recon``. The teacher is frozen (``requires_grad_(False)``, eval mode)
     so gradients reach only the student. ``extra(step)`` (optional) returns more metrics computed
     *before* the update (e.g. the expansion-signal frequency of Fig. 3).
+
+    Example:
+        >>> import torch
+        >>> from dgmkd.train import fit
+        >>> from dgmkd.models.linear_gaussian import LinearGaussian
+        >>> t = LinearGaussian.random(3, generator=torch.Generator().manual_seed(0))
+        >>> s = LinearGaussian(3)
+        >>> h = fit(objective("oracle", t, s), s, 64, steps=300, lr=5e-2, progress=False)
+        >>> h["loss"][-1] < 0.05 * h["loss"][0]
+        True
     """
     if name not in LOSSES:
         raise ValueError(f"unknown density-distillation loss {name!r}; choose one of {', '.join(LOSSES)}")
     teacher.requires_grad_(False)
     teacher.eval()
-    params = [p for p in student.parameters() if p.requires_grad]
 
-    def step_fn(args, step):
-        metrics = extra(step) if extra is not None else {}
+    def step(args, i):
+        metrics = extra(i) if extra is not None else {}
         (a,) = args
-        if name == "x_recon":
-            value = x_reconstruction(teacher, student, a, distance, noise_std)
-        else:
-            value = loss(name, teacher, student, z=a, distance=distance)
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        return {"loss": value.detach(), **metrics}
+        data = {"x": a} if name == "x_recon" else {"z": a}
+        return {"loss": loss(name, teacher, student, distance=distance, noise_std=noise_std, **data), **metrics}
 
-    return step_fn
+    return step
 
 
 def expansion_signal(teacher, student, n: int, center: torch.Tensor | None = None) -> float:
@@ -211,6 +211,16 @@ def expansion_signal(teacher, student, n: int, center: torch.Tensor | None = Non
         g = torch.autograd.grad((teacher.log_prob(x) - student.log_prob(x)).sum(), x)[0]
     c = torch.zeros(()) if center is None else center.detach()
     return float((((x.detach() - c) * g).sum(-1) > 0).float().mean())
+
+
+def relative_eigenvalues(teacher, student) -> torch.Tensor:
+    """Eigenvalues of ``Sigma_S^{-1} Sigma_T``, the teacher's covariance in the student's whitened
+    coordinates (Huang et al. footnote 1: Prop. 1 for a student other than ``N(0, I)``), in float64,
+    for Gaussian samplers with a ``covariance()`` (e.g. :class:`~dgmkd.models.linear_gaussian.LinearGaussian`)."""
+    l = torch.linalg.cholesky(student.covariance().detach().double())
+    st = teacher.covariance().detach().double()
+    m = torch.linalg.solve_triangular(l, torch.linalg.solve_triangular(l, st, upper=False).T, upper=False)
+    return torch.linalg.eigvalsh(0.5 * (m + m.T))
 
 
 def expansion_probability(eigenvalues) -> float:

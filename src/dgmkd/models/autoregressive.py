@@ -17,8 +17,8 @@ and its log-determinant is ``-sum_t log sigma_t``.
 Every model here shares the :class:`InvertibleSampler` interface used by
 :mod:`dgmkd.methods.density`:
 
-* ``transform(z) -> (x, log|det dx/dz|)`` — the sampling map (sequential for this teacher);
-* ``inverse(x) -> (z, log|det dz/dx|)`` — the encoding map (parallel for this teacher);
+* ``from_noise(z) -> (x, log|det dx/dz|)`` — the z→x sampling map (sequential for this teacher);
+* ``to_noise(x) -> (z, log|det dz/dx|)`` — the x→z encoding map (parallel for this teacher);
 * ``log_prob(x)``, ``sample(n)``;
 * ``forward(n)`` — the same sampler written with dgmkd sites: one latent ``"z"`` (a standard
   normal, so its shared noise *is* ``z``) and a deterministic output ``"x"`` (or a target).
@@ -29,8 +29,8 @@ Example:
     >>> _ = torch.manual_seed(0)
     >>> m = GaussianAutoregressive(dim=5, hidden=(16,))
     >>> z = torch.randn(3, 5)
-    >>> x, logdet = m.transform(z)             # 5 sequential passes
-    >>> z2, logdet_inv = m.inverse(x)          # 1 parallel pass
+    >>> x, logdet = m.from_noise(z)            # 5 sequential passes
+    >>> z2, logdet_inv = m.to_noise(x)         # 1 parallel pass
     >>> bool(torch.allclose(z, z2, atol=1e-5)), bool(torch.allclose(logdet, -logdet_inv))
     (True, True)
 """
@@ -119,17 +119,17 @@ class MADE(nn.Module):
 class InvertibleSampler(nn.Module):
     """Shared interface of the invertible samplers (teacher, students) of density distillation.
 
-    Subclasses set ``self.dim`` and implement ``transform(z)`` and ``inverse(x)``; this class adds
+    Subclasses set ``self.dim`` and implement ``from_noise(z)`` (z→x) and ``to_noise(x)`` (x→z); this class adds
     the density by the change of variables (Huang et al. Eq. 4), plain sampling and the
     site-based ``forward``.
     """
 
     dim: int
 
-    def transform(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+    def from_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+    def to_noise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
     def _check(self, v: torch.Tensor, what: str) -> None:
@@ -140,8 +140,8 @@ class InvertibleSampler(nn.Module):
                              f"got {tuple(v.shape)}")
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x) = log N(z; 0, I) + log|det dz/dx|`` with ``z = inverse(x)`` (per row)."""
-        z, logdet = self.inverse(x)
+        """``log p(x) = log N(z; 0, I) + log|det dz/dx|`` with ``z = to_noise(x)`` (per row)."""
+        z, logdet = self.to_noise(x)
         return standard_normal_log_prob(z) + logdet
 
     def _zeros(self, n: int) -> torch.Tensor:
@@ -157,16 +157,16 @@ class InvertibleSampler(nn.Module):
         return torch.randn_like(self._zeros(n))
 
     def sample(self, n: int) -> torch.Tensor:
-        """``n`` samples ``transform(z)``, ``z ~ N(0, I)``."""
-        return self.transform(self.noise(n))[0]
+        """``n`` samples ``from_noise(z)``, ``z ~ N(0, I)``."""
+        return self.from_noise(self.noise(n))[0]
 
     def forward(self, n: int, output: str = "deterministic", obs_scale: float = 1.0) -> torch.Tensor:
         """The sampler written with dgmkd sites.
 
         ``z = latent("z", N(0, I))`` — in semi-auxiliary form its noise is ``z`` itself, so a
         coupled teacher and student share ``z`` (Chen et al. 2023, §3.1) — then the output
-        ``x = transform(z)`` as a deterministic site ``"x"`` (``output="deterministic"``, a
-        point-mass latent) or as a target ``"x" ~ N(transform(z), obs_scale^2 I)``
+        ``x = from_noise(z)`` as a deterministic site ``"x"`` (``output="deterministic"``, a
+        point-mass latent) or as a target ``"x" ~ N(from_noise(z), obs_scale^2 I)``
         (``output="target"``). Either way ``losses.latent`` / ``losses.surrogate`` with a distance
         compare ``T^-1(z)`` to ``S(z)``: Huang et al.'s oracle prediction (§4).
         """
@@ -174,7 +174,7 @@ class InvertibleSampler(nn.Module):
             raise ValueError(f"output must be 'deterministic' or 'target', got {output!r}")
         zero = self._zeros(n)
         z = latent("z", Independent(Normal(zero, torch.ones_like(zero)), 1))
-        x, _ = self.transform(z)
+        x, _ = self.from_noise(z)
         if output == "deterministic":
             return deterministic("x", x)
         return target("x", Independent(Normal(x, obs_scale * torch.ones_like(x)), 1))
@@ -190,13 +190,13 @@ class AutoregressiveGaussian(InvertibleSampler):
     def conditionals(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_noise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``T(x) = (x - mu(x)) / sigma(x)`` in one parallel pass, and ``log|det dz/dx| = -sum log sigma``."""
         self._check(x, "x")
         mu, log_sigma = self.conditionals(x)
         return (x - mu) * torch.exp(-log_sigma), -log_sigma.sum(-1)
 
-    def transform(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def from_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``T^-1(z)`` by ``dim`` sequential passes; returns ``x`` and ``log|det dx/dz| = sum log sigma``.
 
         Coordinate ``t`` is final after pass ``t`` because ``mu_t, sigma_t`` read only ``x_<t``.
@@ -216,7 +216,7 @@ class AutoregressiveGaussian(InvertibleSampler):
 class GaussianAutoregressive(AutoregressiveGaussian):
     """``x_t = mu_t(x_<t) + sigma_t(x_<t) z_t`` with MADE conditionals (Huang et al. §4).
 
-    ``inverse`` (``T: x -> z``) is one parallel pass; ``transform`` (``T^-1``, sampling) is
+    ``to_noise`` (``T: x -> z``) is one parallel pass; ``from_noise`` (``T^-1``, sampling) is
     ``dim`` sequential passes — the cost that distillation into a parallel student removes.
     ``log_scale_bound`` soft-clamps ``log sigma_t``.
     """

@@ -52,13 +52,13 @@ class IAFLayer(nn.Module):
         out = self.made(z)
         return out[:, 0], soft_clamp(out[:, 1], self.log_scale_bound)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Parallel: ``(x, log|det dx/dz|)``."""
+    def from_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z→x in one parallel pass: ``(x, log|det dx/dz|)``."""
         m, log_s = self._params(z)
         return m + torch.exp(log_s) * z, log_s.sum(-1)
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequential (``dim`` passes): ``(z, log|det dz/dx|)``; ``z_t`` is final after pass ``t``."""
+    def to_noise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x→z, sequential (``dim`` passes): ``(z, log|det dz/dx|)``; ``z_t`` is final after pass ``t``."""
         z = torch.zeros_like(x)
         logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for t in range(self.dim):
@@ -80,36 +80,28 @@ class IAF(InvertibleSampler):
         self.dim = int(dim)
         self.layers = nn.ModuleList(IAFLayer(self.dim, hidden, log_scale_bound, activation) for _ in range(layers))
 
-    def transform(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``S(z)`` in one parallel pass per layer, with ``log|det dS/dz|`` (Eq. 4–5)."""
-        self._check(z, "z")
-        h, logdet = z, torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        for i, layer in enumerate(self.layers):
-            if i % 2:
-                h, ld = layer(h.flip(-1))
-                h = h.flip(-1)
-            else:
-                h, ld = layer(h)
-            logdet = logdet + ld
+    def _run(self, h: torch.Tensor, forward: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
+        order = range(len(self.layers)) if forward else reversed(range(len(self.layers)))
+        for i in order:  # odd layers run on the reversed vector
+            layer, flip = self.layers[i], (lambda v: v.flip(-1)) if i % 2 else (lambda v: v)
+            h, ld = (layer.from_noise if forward else layer.to_noise)(flip(h))
+            h, logdet = flip(h), logdet + ld
         return h, logdet
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``S^-1(x)`` (sequential within each layer) with ``log|det dS^-1/dx|``."""
+    def from_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``S(z)`` (z→x) in one parallel pass per layer, with ``log|det dS/dz|`` (Eq. 4–5)."""
+        self._check(z, "z")
+        return self._run(z, True)
+
+    def to_noise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``S^-1(x)`` (x→z; sequential within each layer) with ``log|det dS^-1/dx|``."""
         self._check(x, "x")
-        h, logdet = x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for i in reversed(range(len(self.layers))):
-            layer = self.layers[i]
-            if i % 2:
-                h, ld = layer.inverse(h.flip(-1))
-                h = h.flip(-1)
-            else:
-                h, ld = layer.inverse(h)
-            logdet = logdet + ld
-        return h, logdet
+        return self._run(x, False)
 
     def sample_with_log_prob(self, n_or_z: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples and their exact log-density ``log N(z) - log|det dS/dz|`` in one parallel pass —
         what the reverse-KL objective (Eq. 2) needs from the student."""
         z = self.noise(n_or_z) if isinstance(n_or_z, int) else n_or_z
-        x, logdet = self.transform(z)
+        x, logdet = self.from_noise(z)
         return x, standard_normal_log_prob(z) - logdet

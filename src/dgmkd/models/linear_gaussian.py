@@ -56,12 +56,12 @@ class LinearGaussian(InvertibleSampler):
         """The teacher of §3.2: ``R_ij ~ N(0, 1)`` i.i.d., ``mu = loc * 1`` (``loc = 2``), fixed."""
         return cls(dim, loc, torch.randn(dim, dim, generator=generator), trainable=trainable)
 
-    def transform(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def from_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(z, "z")
         logdet = torch.linalg.slogdet(self.matrix).logabsdet
         return self.loc + z @ self.matrix.T, logdet.expand(z.shape[0])
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_noise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x, "x")
         z = torch.linalg.solve(self.matrix, (x - self.loc).T).T
         return z, (-torch.linalg.slogdet(self.matrix).logabsdet).expand(x.shape[0])
