@@ -10,10 +10,11 @@ from torch.distributions import Independent, Normal
 
 import dgmkd
 from dgmkd.methods.avkd import (AVKD, Discriminator, GaussianGenerator, Generator, MLPDiscriminator, disagreement,
-                                discriminator_loss, generated_inputs, kd_update, teacher_log_likelihood, vkd_kl)
+                                discriminator_loss, generated_inputs, kd_loss, teacher_log_likelihood, vkd_kl)
 from dgmkd.methods.dafl import DAFL, dafl_losses
 from dgmkd.methods.dfad import DFAD, logit_gap
 from dgmkd.models.classifiers import ResNetClassifier, accuracy, num_params, student_net, teacher_net
+from dgmkd.train import fit
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,6 +124,15 @@ def _avkd(k=3, **kw):
                 batch=32, **kw)
 
 
+def _generator_steps(m, y, n, lr=1e-3):
+    opt = torch.optim.Adam(m.generator.parameters(), lr, betas=(0.5, 0.999))
+    for _ in range(n):
+        loss, _ = m.generator_terms(y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def _fixed_eval(m, y, fn):
     torch.manual_seed(123)
     with torch.no_grad():
@@ -136,11 +146,7 @@ def test_adversarial_term_increases_teacher_student_disagreement():
     y = torch.arange(3).repeat(11)
     kl = lambda x: float(disagreement(m.teacher.logits(x), m.student.logits(x)))  # noqa: E731
     before = _fixed_eval(m, y, kl)
-    for _ in range(30):
-        loss, terms = m.generator_terms(y)
-        m.opt_g.zero_grad()
-        loss.backward()
-        m.opt_g.step()
+    _generator_steps(m, y, 30)
     after = _fixed_eval(m, y, kl)
     assert after > 1.5 * before and after > before + 0.01
     assert m.student.head.weight.grad is not None  # it flowed through the student, which is not stepped here
@@ -167,13 +173,7 @@ def test_reconstruction_term_raises_teacher_likelihood_of_the_label():
     y = torch.arange(3).repeat(11)
     ll = lambda x: float(teacher_log_likelihood(m.teacher.logits(x), y).mean())  # noqa: E731
     before = _fixed_eval(m, y, ll)
-    for g in m.opt_g.param_groups:
-        g["lr"] = 1e-2
-    for _ in range(30):
-        loss, _ = m.generator_terms(y)
-        m.opt_g.zero_grad()
-        loss.backward()
-        m.opt_g.step()
+    _generator_steps(m, y, 30, lr=1e-2)
     assert _fixed_eval(m, y, ll) > before + 0.1
     assert all(p.grad is None for p in m.teacher.parameters())  # the teacher is frozen
 
@@ -189,33 +189,29 @@ def test_prior_term_is_the_discriminator_and_generator_follows_it():
     before = _fixed_eval(m, y, dval)
     loss, terms = m.generator_terms(y)
     assert torch.allclose(terms["prior"], m.disc(terms["x"], y).mean())
-    for _ in range(20):
-        loss, _ = m.generator_terms(y)
-        m.opt_g.zero_grad()
-        loss.backward()
-        m.opt_g.step()
+    _generator_steps(m, y, 20)
     assert _fixed_eval(m, y, dval) < before
 
 
 def test_student_step_is_vanilla_kd_and_reduces_it():
     t, s = _pair(3)
-    opt = torch.optim.Adam(s.parameters(), 1e-2)
     x = torch.rand(32, 1, 8, 8)
     s.train()
-    first = kd_update(t, s, x, opt, temperature=2.0)
-    assert torch.allclose(first, disagreement(t.logits(x), s.train().logits(x), 2.0).detach(), atol=0.2)
-    for _ in range(40):
-        last = kd_update(t, s, x, opt)
-    assert float(last) < 0.5 * float(kd_update(t, student_net(3), x, torch.optim.SGD(student_net(3).parameters(), 0.0)))
+    assert torch.allclose(kd_loss(t, s, x, temperature=2.0), disagreement(t.logits(x), s.logits(x), 2.0), atol=1e-5)
+    first = float(kd_loss(t, s, x).detach())
+    fit(lambda a, k: kd_loss(t, s, x), s, 1, 40, lr=1e-2, progress=False)
+    assert float(kd_loss(t, s, x).detach()) < 0.5 * first
 
 
 def test_avkd_algorithm_runs_and_resumes(tmp_path):
     m = _avkd(n_student=2)
     hist = m.fit(4, progress=False, checkpoint=tmp_path / "ck.pt", seed=0)
-    assert len(hist["step"]) == 4 and all(np.isfinite(hist["d_loss"]))
+    # 4 iterations: 4 generator and discriminator steps, 8 student steps
+    assert len(hist["step"]) == 8 and len(hist["discriminator.loss"]) == 4
+    assert all(np.isfinite(hist["discriminator.loss"]))
     m2 = _avkd(n_student=2)
     h2 = m2.fit(4, progress=False, checkpoint=tmp_path / "ck.pt", seed=0)  # already complete: loads and stops
-    assert h2["g_loss"] == hist["g_loss"]
+    assert h2["generator.loss"] == hist["generator.loss"]
     assert torch.equal(next(m2.generator.parameters()), next(m.generator.parameters()))
     with pytest.raises(ValueError, match="both"):
         AVKD(m.teacher, m.student, Generator(3), prior_data=torch.rand(4, 1, 8, 8))
@@ -226,7 +222,7 @@ def test_vkd_mode_and_generated_inputs_feed_distill():
     m = AVKD(t, s, GaussianGenerator(3), batch=16, n_student=1)
     assert m.mode == "vkd"
     h = m.fit(3, progress=False)
-    assert "d_loss" not in h and len(h["g_prior"]) == 3
+    assert "discriminator.loss" not in h and len(h["generator.prior"]) == 3
     g = Generator(3)
     supply = generated_inputs(g, 8)
     x = supply()
@@ -255,7 +251,7 @@ def test_dafl_losses_by_hand():
     with pytest.raises(ValueError, match="unconditional"):
         DAFL(t, s, Generator(3))
     h = DAFL(t, s, Generator(0), batch=8).fit(2, progress=False)
-    assert len(h["g_oh"]) == 2
+    assert len(h["generator.oh"]) == 2 and len(h["student.loss"]) == 2
 
 
 # ----------------------------------------------------------------------------------- DFAD
@@ -273,32 +269,49 @@ def test_dfad_gap_and_the_min_max_game():
             return float(logit_gap(m.teacher.logits(x), m.student.logits(x)))
 
     g0 = gap()
+    opt = torch.optim.Adam(m.generator.parameters(), 1e-2)
     for _ in range(15):
-        m.generator_step()
+        opt.zero_grad()
+        m.generator_loss()["loss"].backward()
+        opt.step()
     g1 = gap()
     assert g1 > g0  # the generator maximizes the L1 logit gap
+    opt = torch.optim.Adam(m.student.parameters(), 1e-2)
     for _ in range(30):
-        m.student_step()
+        opt.zero_grad()
+        m.student_loss()["loss"].backward()
+        opt.step()
     assert gap() < g1  # the student minimizes it
     h = m.fit(2, progress=False)
-    assert set(h) == {"step", "s_gap", "g_gap"}
+    assert set(h) == {"step", "student.loss", "generator.loss", "generator.gap"}
+    assert len(h["student.loss"]) == 10 and len(h["generator.gap"]) == 2
 
 
 # ------------------------------------------------------------------------------ experiment
 def test_experiment_data_and_report(tmp_path):
+    from dgmkd.config import ConfigError, override
+    from dgmkd.data.patches import natural_patches
     from dgmkd.experiments import avkd as exp
 
-    p = exp.natural_patches(50, seed=1)
+    p = natural_patches(50, seed=1)
     assert p.shape == (50, 1, 8, 8) and float(p.min()) == 0.0 and float(p.max()) == 1.0
     cfg = exp.Config(n_patches=50)
     a = exp.task_data("A", cfg)
     assert a["k"] == 5 and int(a["ytr"].max()) == 4 and len(a["prior"]) > 800
+    assert len(exp.task_data("B", cfg)["prior"]) == 50
     rows = [{"task": t, "seed": s, "method": m, "accuracy": acc, "seconds": 1.0}
             for t in ("A", "B") for s in range(3)
-            for m, acc in (("teacher", 0.99), ("kd", 0.95 + 0.01 * s), ("dafl", 0.5), ("avkd", 0.9))]
-    dgmkd.rundir.write_csv(tmp_path / "results.csv", rows)
+            for m, acc in (("teacher", 99.0), ("kd", 95.0 + s), ("dafl", 50.0), ("avkd", 90.0))]
+    dgmkd.harness.write_csv(tmp_path / "results.csv", rows)
+    dgmkd.harness.write_json(tmp_path / "config.json", {"seeds": [0, 1, 2]})
+    info = {"tasks": {t: {"classes": 5, "train": 1, "test": 1, "prior_images": 1, "teacher_params": 4,
+                          "student_params": 1} for t in "AB"}, "final_terms": {}, "seconds_total": 6.0}
+    dgmkd.harness.write_json(tmp_path / "info.json", info)
+    torch.save({"A/real": torch.rand(25, 1, 8, 8), "A/avkd": torch.rand(25, 1, 8, 8)}, tmp_path / "images.pt")
     text = exp.report(tmp_path)
-    assert "| Student | KD (real inputs) | N/A | 96.00 ± 1.00% (n=3) |" in text
-    assert "| Student | AVKD (ours in the paper) | digits 5-9 (unlabeled) | 90.00 ± 0.00% (n=3) | natural 8x8 patches" in text
-    assert "AVKD 90.00% vs DAFL 50.00%: AVKD higher" in text
-    assert "gap 6.00 points" in text
+    assert "| Student | KD (real inputs) | N/A | 96.00 ± 1.00 |" in text
+    assert "| Student | AVKD (ours in the paper) | digits 5-9 (unlabeled) | 90.00 ± 0.00 | natural 8x8 patches" in text
+    assert "DAFL 50.00% (AVKD higher)" in text and "6.00 points below KD with the real inputs" in text
+    assert (tmp_path / "samples_A.png").exists() and "goal" not in text.lower()
+    with pytest.raises(ConfigError, match="methods"):
+        override(exp.Config(), ["methods=avkd,foo"])

@@ -3,6 +3,7 @@ distance at a Delta target, ILKD/LKD the latent loss on deterministic sites."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,7 +46,7 @@ def test_ilkd_is_the_latent_loss_on_deterministic_sites(kind):
     pairs = state_map(t, s)
     c = couple(t, s, x)
     _, _, ts = t.forward_states(x)
-    zt = t.transform(x)
+    zt = t.to_noise(x)
     zs, _, ss = s.forward_states(x)
     direct = sum((ts[a] - ss[b]).abs().sum(1).mean() for a, b in pairs) + (zt - zs).abs().sum(1).mean()
     torch.testing.assert_close(losses.latent(c, "l1"), direct)
@@ -65,7 +66,7 @@ def test_skd_is_the_surrogate_loss_with_a_distance(kind):
     assert eps.shape == (32, 4)
     z = T * eps  # the shared prior draw, reparameterized from the shared noise
     torch.testing.assert_close(c.latents["prior"].value, z)
-    direct = (t.inverse(z) - s.inverse(z)).abs().sum(1).mean()
+    direct = (t.from_noise(z) - s.from_noise(z)).abs().sum(1).mean()
     torch.testing.assert_close(losses.surrogate(c, "l1"), direct, atol=1e-5, rtol=1e-5)
     # identical teacher and student: SKD vanishes
     c2 = couple(t, t, None, n_prior=8)
@@ -77,7 +78,7 @@ def test_multiscale_skd_shares_every_split_latent():
     t, s = Glow((1, 8, 8), levels=2, steps=2, hidden=8), Glow((1, 8, 8), levels=2, steps=1, hidden=8)
     c = couple(t, s, torch.rand(4, 1, 8, 8) - 0.5, n_prior=4)
     assert c.latents["prior"].noise.shape == (4, 64)  # both split pieces are in the shared latent
-    zs, _, _ = s.forward_states(s.inverse(c.latents["prior"].value))
+    zs, _, _ = s.forward_states(s.from_noise(c.latents["prior"].value))
     torch.testing.assert_close(zs, c.latents["prior"].value, atol=1e-4, rtol=1e-4)
 
 
@@ -103,35 +104,66 @@ def test_ilkd_reduces_distance_to_teacher_and_fit_restores_best():
     s1.load_state_dict(s0.state_dict())
     fit(s0, x, 60, lr=3e-3, batch=128, seed=1)
     h = fit(s1, x, 60, teacher=t, method="ilkd", lr=3e-3, batch=128, seed=1, x_val=x[:128], eval_every=20)
-    d0 = (t.transform(x) - s0.transform(x)).abs().sum(1).mean()
-    d1 = (t.transform(x) - s1.transform(x)).abs().sum(1).mean()
+    d0 = (t.to_noise(x) - s0.to_noise(x)).abs().sum(1).mean()
+    d1 = (t.to_noise(x) - s1.to_noise(x)).abs().sum(1).mean()
     assert d1 < d0
     assert math.isclose(h["best_val"], evaluate_nll(s1, x[:128]), rel_tol=1e-5)
     assert "ilkd" in h and len(h["ilkd"]) == 60
 
 
-def test_experiment_tiny_run_and_report(tmp_path):
+def _tiny(**kw):
     from dgmkd.experiments import flow_kd as exp
 
-    cfg = exp.Config(datasets=("faithful",), archs=("maf", "glow"), seeds=1, teacher_steps=20, student_steps=10,
-                     eval_every=5, speed_repeats=2, images=False, progress=False,
-                     skip=("glow:faithful:lkd",))
-    exp.run(cfg, tmp_path)
-    text = (tmp_path / "report.md").read_text()
+    base = dict(datasets=("faithful",), archs=("maf", "glow"), seeds=(0,), teacher_steps=20, student_steps=10,
+                eval_every=5, speed_repeats=2, speed_batch=50, images=False, progress=False)
+    return exp, exp.Config(**{**base, **kw})
+
+
+def _run(exp, cfg, out):
+    from dgmkd.config import to_dict
+    from dgmkd.harness import write_json
+
+    write_json(out / "config.json", to_dict(cfg))
+    exp.run(cfg, out)
+    return (out / "report.md").read_text()
+
+
+def test_experiment_tiny_run_and_report(tmp_path):
+    exp, cfg = _tiny(skip=("glow:faithful:lkd",))
+    text = _run(exp, cfg, tmp_path)
     assert "Table 1 analogue" in text and "Table 2 analogue" in text
     assert "| maf | skd |" in text and "Not run (configured `skip`): glow/faithful/lkd" in text
-    before = text
     (tmp_path / "report.md").unlink()
-    assert exp.report(tmp_path) == before  # rebuilt from the run's CSV/JSON alone
+    assert exp.report(tmp_path) == text  # rebuilt from the run's CSV/JSON alone
+
+
+def test_experiment_reads_uci_files(tmp_path):
+    """``--set datasets=power --set data_root=DIR``: the UCI reader backs the tabular part."""
+    from dgmkd.config import ConfigError, override
+
+    (tmp_path / "data" / "power").mkdir(parents=True)
+    np.save(tmp_path / "data" / "power" / "data.npy", np.random.default_rng(0).normal(size=(300, 8)) * 3 + 5)
+    exp, cfg = _tiny(archs=("maf",), methods=("student", "ilkd"))
+    cfg = override(cfg, ["datasets=power", f"data_root={tmp_path / 'data'}"])
+    (tmp_path / "run").mkdir()
+    text = _run(exp, cfg, tmp_path / "run")
+    assert "| maf | ilkd |" in text and "power" in text
+    rows = [r for r in (tmp_path / "run" / "tabular.csv").read_text().splitlines()[1:]]
+    assert rows and all(r.startswith("power,maf,6,") for r in rows)  # MAF's POWER has 6 columns
+    with pytest.raises(ConfigError, match="data_root"):
+        override(exp.Config(), ["datasets=power"])
+    with pytest.raises(ConfigError, match="datasets"):
+        override(exp.Config(), ["datasets=cifar"])
 
 
 def test_image_helpers():
-    from dgmkd.experiments.flow_kd import N_BINS, bits_per_dim, dequantize, interpolations, to_image
+    from dgmkd.data.digits import dequantize
+    from dgmkd.experiments.flow_kd import LEVELS, bits_per_dim, interpolations, to_image
 
     x = torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 1, 3).expand(2, 1, 8, 3).reshape(2, 1, 8, 3)
-    d = dequantize(x, torch.Generator().manual_seed(0))
+    d = dequantize(x, generator=torch.Generator().manual_seed(0)) - 0.5  # the experiment's centering
     assert float(d.min()) >= -0.5 and float(d.max()) < 0.5
-    assert torch.equal(torch.floor((d + 0.5) * N_BINS), torch.round(x * 16))
+    assert torch.equal(torch.floor((d + 0.5) * LEVELS), torch.round(x * 16))
     torch.manual_seed(0)
     g = Glow((1, 8, 8), levels=2, steps=1, hidden=8).eval()
     xs = torch.rand(6, 1, 8, 8) - 0.5

@@ -356,7 +356,7 @@ def _broadcast_parameters(modules) -> None:
 def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | dict[str, torch.nn.Module], inputs,
         steps: int, *, lr: float | dict[str, float] = 1e-3,
         params: list | dict[str, list] | None = None, optimizer: str | torch.optim.Optimizer = "adam", betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0, grad_clip: float | None = None, lr_schedule: Callable[[int], float] | None = None,
+        weight_decay: float = 0.0, grad_clip: float | None = None, lr_schedule: Callable[[int], float] | dict | None = None,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, resume: bool = True,
         seed: int | None = 0, device=None, progress: bool = True, desc: str = "fit",
         callback: Callable[[int, dict], None] | None = None, sync_gradients: bool = True,
@@ -372,8 +372,10 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
     ``"loss"`` is minimized and the rest logged; ``args`` is the tuple of one step's inputs (see
     :func:`make_inputs`: a batch size, a sampler such as :func:`minibatches`, or an iterable).
     For alternating games (a generator against a student) pass a dict ``{name: objective}`` with
-    ``params={name: [...]}`` (and optionally ``lr={name: ...}``): each step runs the objectives in
-    order, each with its own optimizer, and logs their metrics as ``name.metric``.
+    ``params={name: [...]}`` (and optionally ``lr={name: ...}``, ``lr_schedule={name: ...}``): each
+    step runs the objectives in order, each with its own optimizer, and logs their metrics as
+    ``name.metric``; an objective that returns ``None`` takes no step this time (e.g. one generator
+    step per five student steps).
 
     The loss is checked for NaN/inf *before* the optimizer step, so a non-finite loss never
     reaches the weights and the last checkpoint stays good. ``lr_schedule(step)`` multiplies the
@@ -453,6 +455,8 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
                     raise
                 raise NonFiniteLossError(f"at step {step}{' in objective ' + repr(k) if k else ''} a distribution "
                                          f"got an invalid parameter (NaN, inf or out of its support): {e}") from e
+            if out is None:
+                continue
             metrics = out if isinstance(out, dict) else {"loss": out}
             if "loss" not in metrics:
                 raise KeyError(f"fit: the objective {k or ''} returned {sorted(metrics)} without a 'loss'")
@@ -462,8 +466,9 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
             check_finite(ddp.mean_over_ranks({"loss": value})["loss"] if parallel else value, step,
                          f"{k}.loss" if k else "loss", path)
             opt = opts[k]
-            if lr_schedule is not None:
-                f = float(lr_schedule(step))
+            schedule = lr_schedule.get(k) if isinstance(lr_schedule, dict) else lr_schedule
+            if schedule is not None:
+                f = float(schedule(step))
                 for g, b in zip(opt.param_groups, base_lr[k]):
                     g["lr"] = b * f
             opt.zero_grad(set_to_none=True)

@@ -4,7 +4,9 @@
 * ``wine`` — scikit-learn's bundled wine recognition data (13-d, 178 rows);
 * ``breast_cancer`` — scikit-learn's bundled Wisconsin diagnostic breast cancer data (30-d, 569
   rows; ``log1p`` of the features first, they are positive and skewed);
-* ``patches`` — 8x8 natural-image patches, 63-d (:mod:`dgmkd.data.patches`).
+* ``patches`` — 8x8 natural-image patches, 63-d (:mod:`dgmkd.data.patches`);
+* the UCI flow benchmarks ``power``, ``gas``, ``hepmass``, ``miniboone``, ``bsds300`` from the
+  user's files under ``root`` (:mod:`dgmkd.data.uci`, MAF's preprocessing and splits).
 
 Splits are fixed random permutations (``seed``): 20 % test, then 10 % of the rest validation.
 Standardized by the training split's mean and standard deviation (as Papamakarios et al. do for
@@ -23,7 +25,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["load_tabular", "NAMES"]
+from .uci import NAMES as UCI_NAMES
+
+__all__ = ["load_tabular", "NAMES", "UCI_NAMES"]
 
 NAMES = ("faithful", "wine", "breast_cancer", "patches")
 
@@ -40,9 +44,16 @@ def _split_standardize(x: np.ndarray, seed: int):
     return tuple(torch.from_numpy(((a - mu) / sd).astype(np.float32)) for a in (train, val, test))
 
 
-def load_tabular(name: str, seed: int = 0, **kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(train, val, test)`` float32 tensors ``(n, d)`` of data set ``name`` (see :data:`NAMES`).
-    ``kw`` go to :func:`dgmkd.data.patches.load_patches` for ``patches``."""
+def load_tabular(name: str, seed: int = 0, root: str = "", **kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(train, val, test)`` float32 tensors ``(n, d)`` of data set ``name`` (:data:`NAMES`, or
+    :data:`UCI_NAMES` read from the directory ``root``). ``kw`` go to
+    :func:`dgmkd.data.patches.load_patches` for ``patches``."""
+    if name in UCI_NAMES:
+        from .uci import load_uci
+
+        if not root:
+            raise ValueError(f"the UCI data set {name!r} is read from local files: give their directory (root)")
+        return load_uci(name, root)
     if name == "faithful":
         from .faithful import load_faithful
 
@@ -59,4 +70,4 @@ def load_tabular(name: str, seed: int = 0, **kw) -> tuple[torch.Tensor, torch.Te
         from .patches import load_patches
 
         return load_patches(seed=seed, **kw)
-    raise ValueError(f"unknown tabular data set {name!r}; choose one of {', '.join(NAMES)}")
+    raise ValueError(f"unknown tabular data set {name!r}; choose one of {', '.join(NAMES + UCI_NAMES)}")

@@ -1,42 +1,32 @@
 """AVKD (Tang & Lin): data-free classifier distillation with prior data — their Table 1, offline.
 
-Two tasks on the embedded 8x8 digits (their CIFAR-10 <- CIFAR-90 setting, transposed):
-
-* **A**: classify digits 0–4; *prior data* = unlabeled images of digits 5–9 (a related domain
-  with disjoint classes).
-* **B**: classify all 10 digits; *prior data* = 8x8 natural-image patches cut from scikit-learn's
-  bundled sample photographs (a distant domain).
-
-A ResNet-style teacher (:func:`dgmkd.models.classifiers.teacher_net`) is trained on the task's
-training split; a ~4x smaller student is then obtained by every method of their table: the
-student trained supervised, KD with the real training inputs, KD on Gaussian-noise inputs, DAFL,
-DFAD, VKD (Gaussian prior, analytic KL) and AVKD. KD-type methods get the same number of student
-updates (``iters * n_student``). The table reports test accuracy, mean ± std over seeds; a PNG per
-task shows real images per class beside AVKD's generated ones.
-
-    dgmkd run avkd            # the full table (3 seeds)
-    dgmkd run avkd --quick    # a smoke run (1 seed, few steps; accuracies not meaningful)
+On the 8x8 digits: task **A** classifies digits 0–4 with unlabeled digits 5–9 as *prior data* (a
+related domain), task **B** all 10 digits with natural-image patches as prior data (a distant one).
+Per seed a teacher is trained; a ~4x smaller student is obtained by every method of their table
+(supervised, KD on real inputs or Gaussian noise, DAFL, DFAD, VKD, AVKD; KD-type methods get the
+same ``iters * n_student`` student updates). Reported: test accuracy and generated inputs.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .. import rundir
+from .. import harness
+from ..config import ConfigError
 from ..data.digits import digits_split
-from ..losses import surrogate
-from ..methods.avkd import AVKD, Discriminator, GaussianGenerator, Generator
+from ..data.patches import natural_patches
+from ..methods.avkd import AVKD, Discriminator, GaussianGenerator
 from ..methods.dafl import DAFL
 from ..methods.dfad import DFAD
+from ..methods.generator_kd import Generator, cosine, kd_loss
 from ..models.classifiers import accuracy, num_params, student_net, teacher_net
-from ..train import distill, train
+from ..train import fit, minibatches
 
 DESCRIPTION = "AVKD data-free classifier KD with prior data vs DAFL, DFAD, noise, real-data KD (Tang & Lin Table 1)"
 
@@ -51,347 +41,193 @@ TASKS = {"A": "digits 0-4", "B": "digits 0-9"}
 
 @dataclass
 class Config:
-    tasks: str = "A,B"
-    seeds: int = 3
-    methods: str = ",".join(METHODS)
+    tasks: tuple[str, ...] = ("A", "B")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = METHODS
     batch: int = 64
     supervised_steps: int = 800    # teacher and supervised student
-    iters: int = 600               # AVKD / VKD / DFAD iterations (Algorithm 1), n_student student steps each;
-                                   # 200 left AVKD 8.7 points short of real-data KD on task A, 800 1.9 (docs/avkd.md)
+    iters: int = 600               # AVKD / VKD / DFAD iterations (Algorithm 1), n_student student steps each
     n_student: int = 5
+    # Adam learning rates of student, generator, discriminator; generator loss weights; KD temperature
     lr_s: float = 2e-3
     lr_g: float = 1e-3
     lr_d: float = 2e-4
     w_prior: float = 1.0
     w_adv: float = 1.0
     temperature: float = 1.0
-    n_patches: int = 4000
+    n_patches: int = 4000  # task B's prior data: natural patches, average-pooled by patch_downsample
     patch_downsample: int = 4
     progress: bool = True
 
-
-QUICK = {"seeds": 1, "supervised_steps": 100, "iters": 15, "n_student": 2, "n_patches": 500}
-
-
-# -------------------------------------------------------------------------------------- data
-def _grey_images() -> list[np.ndarray]:
-    try:
-        from ..data.patches import grey_images
-    except ImportError:  # the shared patch module is not there: same ITU-R 601 luma conversion
-        from sklearn.datasets import load_sample_images
-
-        return [im.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) for im in load_sample_images().images]
-    return grey_images()
+    def validate(self):
+        for key, allowed in (("tasks", tuple(TASKS)), ("methods", METHODS)):
+            bad = [v for v in getattr(self, key) if v not in allowed]
+            if bad or not getattr(self, key):
+                raise ConfigError(f"{key}={getattr(self, key)!r}: choose one or more of {', '.join(allowed)}")
+        if not self.seeds:
+            raise ConfigError("seeds=(): give at least one seed")
 
 
-def natural_patches(n: int, downsample: int = 4, size: int = 8, seed: int = 0) -> torch.Tensor:
-    """``n`` 8x8 grey patches ``(n, 1, 8, 8)`` in [0, 1] from scikit-learn's two sample photographs,
-    average-pooled by ``downsample`` first (so a patch spans some structure, as a digit does), each
-    patch min-max scaled to [0, 1]; near-flat patches (std < 0.02 of the range) are skipped."""
-    rng = np.random.default_rng(seed)
-    imgs = []
-    for g in _grey_images():
-        h, w = (g.shape[0] // downsample) * downsample, (g.shape[1] // downsample) * downsample
-        imgs.append(g[:h, :w].reshape(h // downsample, downsample, w // downsample, downsample).mean((1, 3)))
-    out, k = [], 0
-    while len(out) < n:
-        g = imgs[k % len(imgs)]
-        k += 1
-        i, j = rng.integers(0, g.shape[0] - size + 1), rng.integers(0, g.shape[1] - size + 1)
-        p = g[i:i + size, j:j + size]
-        lo, hi = p.min(), p.max()
-        if hi - lo < 0.02 * 255 or p.std() < 0.02 * 255 * 0.5:
-            continue
-        out.append((p - lo) / (hi - lo))
-    return torch.from_numpy(np.stack(out).astype(np.float32)).unsqueeze(1)
+QUICK = {"seeds": (0,), "supervised_steps": 100, "iters": 15, "n_student": 2, "n_patches": 500}
+TEST = {"supervised_steps": 20, "iters": 3, "n_patches": 100}
 
 
 def task_data(task: str, cfg: Config) -> dict:
-    xtr, ytr = digits_split("train")
-    xte, yte = digits_split("test")
+    (xtr, ytr), (xte, yte) = digits_split("train"), digits_split("test")
     if task == "A":
         xa, ya = digits_split("all")
         ktr, kte = ytr < 5, yte < 5
         return {"k": 5, "xtr": xtr[ktr], "ytr": ytr[ktr], "xte": xte[kte], "yte": yte[kte], "prior": xa[ya >= 5]}
-    if task == "B":
-        return {"k": 10, "xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte,
-                "prior": natural_patches(cfg.n_patches, cfg.patch_downsample)}
-    raise ValueError(f"unknown task {task!r}; choose A or B")
+    return {"k": 10, "xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte,
+            "prior": natural_patches(cfg.n_patches, cfg.patch_downsample, seed=harness.seed("prior-patches"))}
 
 
-# --------------------------------------------------------------------------------- training
 def supervised(model, x, y, steps: int, batch: int, lr: float = 2e-3, seed: int = 0, progress: bool = False):
-    """Cross-entropy training on labels with :func:`dgmkd.train` (cosine learning rate)."""
-    opt = torch.optim.Adam(model.parameters(), lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
-    model.train()
-
-    def step(args, i):
-        idx = torch.randint(0, len(x), (batch,))
-        loss = torch.nn.functional.cross_entropy(model.logits(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        return {"loss": loss.detach()}
-
-    return train(step, batch, steps, state={"model": model, "opt": opt, "sched": sched}, seed=seed,
-                 progress=progress, desc="supervised")
-
-
-def kd_on(teacher, student, supply, steps: int, cfg: Config, seed: int):
-    """Vanilla KD (the surrogate loss of the coupled classifiers) with ``supply()`` as the input
-    source of :func:`dgmkd.distill`, cosine learning rate."""
-    opt = torch.optim.Adam(student.parameters(), cfg.lr_s)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
-    return distill(teacher, student, inputs=supply, steps=steps, optimizer=opt, seed=seed, progress=cfg.progress,
-                   method=lambda c: surrogate(c, temperature=cfg.temperature), callback=lambda s, r: sched.step())
+    """Cross-entropy training on labels through :func:`dgmkd.train.fit` (cosine learning rate)."""
+    return fit(lambda a, k: F.cross_entropy(model.logits(a[0]), a[1]), model, minibatches(x, y, batch=batch), steps,
+               lr=lr, lr_schedule=cosine(steps), seed=seed, progress=progress, desc="supervised")
 
 
 def run_method(method: str, teacher, d: dict, cfg: Config, seed: int) -> tuple[float, dict]:
-    """Train a student by ``method``; returns its test accuracy and extras (generated samples)."""
+    """Train a student by ``method``; returns its test accuracy (%) and extras (generated samples)."""
     k, shape = d["k"], tuple(d["xtr"].shape[1:])
-    torch.manual_seed(1000 + seed)
+    harness.manual_seed(seed, "student-init", k)  # the same student for every method
     student = student_net(k, shape[0])
-    upd = cfg.iters * cfg.n_student
+    upd, train_seed = cfg.iters * cfg.n_student, harness.seed(seed, "student-train", k, method)
     kw = dict(batch=cfg.batch, lr_s=cfg.lr_s, lr_g=cfg.lr_g)
+    run = dict(seed=train_seed, progress=cfg.progress)
     extra: dict = {}
     if method == "student":
-        supervised(student, d["xtr"], d["ytr"], cfg.supervised_steps, cfg.batch, seed=seed, progress=cfg.progress)
-    elif method == "kd":
-        xtr = d["xtr"]
-        kd_on(teacher, student, lambda: xtr[torch.randint(0, len(xtr), (cfg.batch,))], upd, cfg, seed)
-    elif method == "gaussian":
-        kd_on(teacher, student, lambda: torch.randn(cfg.batch, *shape), upd, cfg, seed)
-    elif method == "dafl":  # one student step per generator step, as the authors; same student updates
-        m = DAFL(teacher, student, Generator(0, out_shape=shape), temperature=cfg.temperature, **kw)
-        m.fit(upd, seed=seed, progress=cfg.progress)
-        extra["samples"] = m.sample(64)
-    elif method == "dfad":
-        m = DFAD(teacher, student, Generator(0, out_shape=shape), n_student=cfg.n_student, **kw)
-        m.fit(cfg.iters, seed=seed, progress=cfg.progress)
-        extra["samples"] = m.sample(64)
-    elif method in ("vkd", "avkd"):
-        if method == "vkd":
-            m = AVKD(teacher, student, GaussianGenerator(k, shape), n_student=cfg.n_student,
-                     w_prior=cfg.w_prior, w_adv=cfg.w_adv, temperature=cfg.temperature, **kw)
-        else:
-            m = AVKD(teacher, student, Generator(k, out_shape=shape), prior_data=d["prior"],
-                     discriminator=Discriminator(k, shape[0]), n_student=cfg.n_student, lr_d=cfg.lr_d,
-                     w_prior=cfg.w_prior, w_adv=cfg.w_adv, temperature=cfg.temperature, **kw)
-        hist = m.fit(cfg.iters, seed=seed, progress=cfg.progress)
-        y = torch.arange(k).repeat_interleave(8)
-        torch.manual_seed(seed)
-        m.generator.eval()
-        extra["samples"] = m.sample(len(y), y)
-        extra["samples_y"] = y
-        extra["last"] = {key: float(np.mean(v[-20:])) for key, v in hist.items() if key != "step"}
+        supervised(student, d["xtr"], d["ytr"], cfg.supervised_steps, cfg.batch, lr=cfg.lr_s, **run)
+    elif method in ("kd", "gaussian"):
+        supply = minibatches(d["xtr"], batch=cfg.batch) if method == "kd" else lambda: torch.randn(cfg.batch, *shape)
+        fit(lambda a, i: kd_loss(teacher, student, a[0], cfg.temperature), student, supply, upd, lr=cfg.lr_s,
+            lr_schedule=cosine(upd), desc=method, **run)
     else:
-        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    return accuracy(student, d["xte"], d["yte"]), extra
+        if method == "dafl":  # one student step per generator step, as the authors; same student updates
+            m = DAFL(teacher, student, Generator(0, out_shape=shape), temperature=cfg.temperature, **kw)
+        elif method == "dfad":
+            m = DFAD(teacher, student, Generator(0, out_shape=shape), n_student=cfg.n_student, **kw)
+        else:
+            gan = dict(prior_data=d["prior"], discriminator=Discriminator(k, shape[0]), lr_d=cfg.lr_d)
+            m = AVKD(teacher, student, Generator(k, out_shape=shape) if method == "avkd" else GaussianGenerator(k, shape),
+                     n_student=cfg.n_student, w_prior=cfg.w_prior, w_adv=cfg.w_adv, temperature=cfg.temperature,
+                     **(gan if method == "avkd" else {}), **kw)
+        hist = m.fit(upd // m.n_student, **run)
+        extra["last"] = {key: float(np.mean(v[-20:])) for key, v in hist.items() if key != "step"}
+        harness.manual_seed(seed, "samples")
+        m.generator.eval()
+        extra["samples"] = m.sample(k * k, torch.arange(k).repeat_interleave(k)) if method in ("vkd", "avkd") \
+            else m.sample(64)
+    return 100 * accuracy(student, d["xte"], d["yte"]), extra
 
 
-# ------------------------------------------------------------------------------------- run
 def run(cfg: Config, out: Path) -> dict:
     torch.set_num_threads(1)
-    tasks = [t.strip() for t in cfg.tasks.split(",") if t.strip()]
-    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
-    rows, info = [], {"tasks": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    t_all = time.time()
-    for task in tasks:
+    out = Path(out)
+    rows, info, images, t_all = [], {"tasks": {}, "final_terms": {}}, {}, time.time()
+    for task in cfg.tasks:
         d = task_data(task, cfg)
-        k, shape = d["k"], tuple(d["xtr"].shape[1:])
-        info["tasks"][task] = {"classes": k, "train": len(d["xtr"]), "test": len(d["xte"]), "prior": PRIORS[task],
-                               "prior_images": len(d["prior"]),
-                               "teacher_params": num_params(teacher_net(k, shape[0])),
-                               "student_params": num_params(student_net(k, shape[0]))}
-        for seed in range(cfg.seeds):
-            torch.manual_seed(seed)
-            teacher = teacher_net(k, shape[0])
+        k, c = d["k"], d["xtr"].shape[1]
+        info["tasks"][task] = {"classes": k, "train": len(d["xtr"]), "test": len(d["xte"]),
+                               "prior_images": len(d["prior"]), "teacher_params": num_params(teacher_net(k, c)),
+                               "student_params": num_params(student_net(k, c))}
+        images[f"{task}/real"] = torch.cat([d["xte"][d["yte"] == i][:k] for i in range(k)])
+        images[f"{task}/prior data"] = d["prior"][:64]
+        for seed in cfg.seeds:
             t0 = time.time()
-            supervised(teacher, d["xtr"], d["ytr"], cfg.supervised_steps, cfg.batch, seed=seed, progress=cfg.progress)
+            harness.manual_seed(seed, "teacher-init", task)
+            teacher = teacher_net(k, c)
+            supervised(teacher, d["xtr"], d["ytr"], cfg.supervised_steps, cfg.batch,
+                       seed=harness.seed(seed, "teacher-train", task), progress=cfg.progress)
             teacher.eval()
-            t_acc = accuracy(teacher, d["xte"], d["yte"])
-            if "teacher" in methods:
-                rows.append({"task": task, "seed": seed, "method": "teacher", "accuracy": t_acc,
-                             "seconds": round(time.time() - t0, 1)})
-            for method in methods:
-                if method == "teacher":
-                    continue
-                t0 = time.time()
-                acc, extra = run_method(method, teacher, d, cfg, seed)
-                rows.append({"task": task, "seed": seed, "method": method, "accuracy": acc,
-                             "seconds": round(time.time() - t0, 1)})
-                print(f"task {task} seed {seed} {method:9s} accuracy {acc:.4f} (teacher {t_acc:.4f}) "
+            t_acc = 100 * accuracy(teacher, d["xte"], d["yte"])
+            for method in cfg.methods:
+                if method != "teacher":
+                    t0 = time.time()
+                    acc, extra = run_method(method, teacher, d, cfg, seed)
+                    info["final_terms"].update({f"{task}/{seed}/{method}": extra["last"]} if "last" in extra else {})
+                    if seed == cfg.seeds[0] and "samples" in extra:
+                        images[f"{task}/{method}"] = extra["samples"]
+                rows.append({"task": task, "seed": seed, "method": method, "accuracy": t_acc if method == "teacher"
+                             else acc, "seconds": round(time.time() - t0, 1)})
+                print(f"task {task} seed {seed} {method:9s} accuracy {rows[-1]['accuracy']:.2f}% "
                       f"[{rows[-1]['seconds']:.0f} s]", flush=True)
-                if seed == 0 and "samples" in extra:
-                    np.savez_compressed(out / f"samples_{task}_{method}.npz", x=extra["samples"].numpy(),
-                                        y=extra.get("samples_y", torch.empty(0)).numpy())
-                if "last" in extra:
-                    info.setdefault("final_terms", {})[f"{task}/{seed}/{method}"] = extra["last"]
-                rundir.write_csv(out / "results.csv", rows)
-        # real images for the figure
-        xr, yr = [], []
-        for c in range(k):
-            xr.append(d["xte"][d["yte"] == c][:8])
-            yr += [c] * len(xr[-1])
-        np.savez_compressed(out / f"real_{task}.npz", x=torch.cat(xr).numpy(), y=np.array(yr))
-        np.savez_compressed(out / f"prior_{task}.npz", x=d["prior"][:64].numpy())
+                harness.write_csv(out / "results.csv", rows)
     info["seconds_total"] = round(time.time() - t_all, 1)
-    rundir.write_csv(out / "results.csv", rows)
-    rundir.write_json(out / "info.json", info)
-    text = report(out)
-    print(text)
-    return {"rows": rows, "seconds": info["seconds_total"]}
+    torch.save(images, out / "images.pt")
+    harness.write_json(out / "info.json", info)
+    return {"report": report(out), "seconds": info["seconds_total"]}
 
 
 # ---------------------------------------------------------------------------------- report
-def _stats(vals: list[float]) -> str:
-    a = np.array(vals) * 100
-    return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}% (n={len(a)})"
-
-
-def summarize(rows: list[dict]) -> dict:
-    """``{task: {method: [accuracies over seeds]}}``."""
-    s: dict = {}
-    for r in rows:
-        s.setdefault(r["task"], {}).setdefault(r["method"], []).append(float(r["accuracy"]))
-    return s
-
-
-def table(rows: list[dict]) -> list[str]:
-    """Their Table 1 layout: model, method, then prior data and accuracy per task."""
-    s = summarize(rows)
-    tasks = [t for t in ("A", "B") if t in s]
-    head = "| Model | Method | " + " | ".join(f"Task {t} ({TASKS[t]}) prior data | accuracy" for t in tasks) + " |"
-    lines = [head, "|" + "---|" * (2 + 2 * len(tasks))]
-    for m in METHODS:
-        if not any(m in s[t] for t in tasks):
-            continue
-        cells = []
-        for t in tasks:
-            prior = PRIORS[t] if m == "avkd" else ("N(0, I)" if m == "vkd" else "N/A")
-            cells += [prior, _stats(s[t][m]) if m in s[t] else "—"]
-        lines.append(f"| {LABELS[m][0]} | {LABELS[m][1]} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def goal_check(rows: list[dict]) -> list[str]:
-    s = summarize(rows)
-    out = []
-    for t in ("A", "B"):
-        if t not in s or "avkd" not in s[t]:
-            continue
-        a = float(np.mean(s[t]["avkd"]))
-        for b in ("dafl", "dfad", "gaussian", "vkd"):
-            if b in s[t]:
-                v = float(np.mean(s[t][b]))
-                out.append(f"- task {t}: AVKD {a * 100:.2f}% vs {LABELS[b][1]} {v * 100:.2f}%: "
-                           f"{'AVKD higher' if a > v else 'AVKD NOT higher'} (mean over seeds)")
-        if t == "A" and "kd" in s[t]:
-            v = float(np.mean(s[t]["kd"]))
-            out.append(f"- task A: AVKD within 5 points of KD with real inputs ({v * 100:.2f}%)? "
-                       f"{'yes' if v - a <= 0.05 else 'no'} (gap {(v - a) * 100:.2f} points)")
-    return out
+CLAIM = ("Tang & Lin claim that a generator trained as a VAE on the teacher's likelihood, with unlabeled "
+         "*prior data* of a related domain as the prior (AVKD), supplies inputs on which a student learns "
+         "far better than on Gaussian noise or from the data-free baselines DAFL and DFAD, that a Gaussian "
+         "prior (VKD) gives ill-conditioned inputs, and that AVKD approaches KD with the original data.")
 
 
 def report(out: Path) -> str:
-    """(Re)build ``report.md`` and the sample grids from ``results.csv``, ``info.json`` and the
-    saved ``.npz`` samples."""
+    """(Re)build ``report.md`` and the sample grids from ``results.csv``, ``info.json`` and ``images.pt``."""
     out = Path(out)
-    with open(out / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    info = json.loads((out / "info.json").read_text()) if (out / "info.json").exists() else {}
-    cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
-    lines = ["# AVKD (Tang & Lin): data-free classifier distillation with prior data", "",
-             "Test accuracy of the student (teacher: its own supervised accuracy), mean ± sample std over "
-             "seeds; each seed trains its own teacher.", ""]
-    lines += table(rows)
-    lines += ["", "## Goals (issue 9)", ""] + goal_check(rows)
-    if info.get("tasks"):
-        lines += ["", "## Setting", ""]
-        for t, v in info["tasks"].items():
-            lines.append(f"- task {t}: {TASKS[t]}, {v['classes']} classes, {v['train']} train / {v['test']} test "
-                         f"images; prior data: {v['prior']} ({v['prior_images']} images); teacher "
-                         f"{v['teacher_params']} parameters, student {v['student_params']}")
-    if cfg:
-        keys = ("seeds", "iters", "n_student", "batch", "supervised_steps", "lr_s", "lr_g", "lr_d", "w_prior",
-                "w_adv", "temperature")
-        lines.append("- config: " + ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg))
-    if info.get("seconds_total") is not None:
-        lines.append(f"- wall time: {info['seconds_total'] / 60:.1f} min")
-    secs: dict = {}
-    for r in rows:
-        secs.setdefault(r["method"], []).append(float(r["seconds"]))
-    lines.append("- mean seconds per run: " + ", ".join(f"{m} {np.mean(v):.0f}" for m, v in secs.items()))
-    if info.get("final_terms"):
+    cfg = harness.load_config(out, Config)
+    rows = harness.read_csv(out / "results.csv", ("task", "seed", "method", "accuracy", "seconds"))
+    info = harness.read_json(out / "info.json")
+    s = {(r["task"], r["method"]): r for r in harness.summarize(rows, ("task", "method"), ("accuracy", "seconds"))}
+    tasks = [t for t in cfg.tasks if any(k[0] == t for k in s)]
+    lines = ["# AVKD (Tang & Lin): data-free classifier distillation with prior data", "", CLAIM, "",
+             f"Student test accuracy in % (the teacher row: the teacher's own), {harness.SPREAD}; each seed "
+             "trains its own teacher, and every method of a seed starts from the same student.", ""]
+    body = [list(LABELS[m]) + [c for t in tasks for c in (
+        PRIORS[t] if m == "avkd" else "N(0, I)" if m == "vkd" else "N/A",
+        harness.cell(s[(t, m)], "accuracy", 2) if (t, m) in s else None)] for m in METHODS
+        if any((t, m) in s for t in tasks)]
+    lines += harness.table(["Model", "Method"] + [h for t in tasks for h in (f"Task {t} ({TASKS[t]}) prior data",
+                                                                             "accuracy")], body)
+    lines += ["", "## Does it hold here?", ""]
+    for t in tasks:
+        if (t, "avkd") not in s:
+            continue
+        a = s[(t, "avkd")]["accuracy_mean"]
+        vs = [f"{LABELS[b][1]} {s[(t, b)]['accuracy_mean']:.2f}% ({'AVKD higher' if s[(t, b)]['accuracy_mean'] < a else 'AVKD not higher'})"
+              for b in ("gaussian", "dafl", "dfad", "vkd") if (t, b) in s]
+        lines.append(f"- task {t} (prior data: {PRIORS[t]}): AVKD {a:.2f}% against " + ", ".join(vs) +
+                     (f"; {s[(t, 'kd')]['accuracy_mean'] - a:.2f} points below KD with the real inputs" if (t, "kd") in s
+                      else "") + " (means over seeds).")
+    lines += ["", "## Setting", ""]
+    for t, v in info["tasks"].items():
+        lines.append(f"- task {t}: {TASKS[t]}, {v['classes']} classes, {v['train']} train / {v['test']} test images; "
+                     f"prior data: {PRIORS[t]} ({v['prior_images']} images); teacher {v['teacher_params']} "
+                     f"parameters, student {v['student_params']}")
+    keys = ("seeds", "iters", "n_student", "batch", "supervised_steps", "lr_s", "lr_g", "lr_d", "w_prior", "w_adv",
+            "temperature")
+    lines += ["- config: " + ", ".join(f"{k}={getattr(cfg, k)}" for k in keys),
+              f"- wall time: {info['seconds_total'] / 60:.1f} min; mean seconds per run: " +
+              ", ".join(f"{m} {s[(tasks[0], m)]['seconds_mean']:.0f}" for m in cfg.methods if (tasks[0], m) in s)]
+    if info["final_terms"]:
         keys = sorted({k for v in info["final_terms"].values() for k in v})
-        lines += ["", "## Final generator / discriminator terms (mean of the last 20 iterations)", "",
-                  "g_prior: D(G(y,eps), y) for AVKD, analytic KL(q || N(0, I)) for VKD; g_recon: log p_T(y|x); "
-                  "g_adv: KL(p_T || p_S) at generated x; d_loss: discriminator logistic loss (2 log 2 = 1.386 "
-                  "at chance); s_kd: student KD loss.", "",
-                  "| run | " + " | ".join(keys) + " |", "|" + "---|" * (1 + len(keys))]
-        for key, v in info["final_terms"].items():
-            lines.append(f"| {key} | " + " | ".join(f"{v[c]:.3f}" if c in v else "—" for c in keys) + " |")
-    figs = _plot(out)
-    if figs:
-        lines += ["", "## Generated inputs (seed 0)", ""] + [f"![{f}]({f})" for f in figs]
+        lines += ["", "## Final terms of the generator games (mean of the last 20 steps of each player)", "",
+                  "generator.prior: D(G(y,eps), y) for AVKD, the analytic KL(q || N(0, I)) for VKD; generator.recon: "
+                  "log p_T(y|x); generator.adv: KL(p_T || p_S) at generated x; discriminator.loss: its logistic loss "
+                  "(2 log 2 = 1.386 at chance); student.loss: the student's KD loss (DFAD: the L1 logit gap).", ""]
+        lines += harness.table(["run"] + keys, [[r] + [f"{v[c]:.3f}" if c in v else None for c in keys]
+                                                for r, v in info["final_terms"].items()])
+    lines += _figures(out, tasks)
     text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
+    harness.write_text(out / "report.md", text)
     return text
 
 
-def _plot(out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figs = []
-    for t in ("A", "B"):
-        real = out / f"real_{t}.npz"
-        gens = [(m, out / f"samples_{t}_{m}.npz") for m in ("avkd", "vkd") if (out / f"samples_{t}_{m}.npz").exists()]
-        if not real.exists() or not gens:
-            continue
-        r = np.load(real)
-        k = int(r["y"].max()) + 1
-        cols = 8
-        panels = [("real", r["x"], r["y"])] + [(m.upper(), np.load(p)["x"], np.load(p)["y"]) for m, p in gens]
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.4 * k + 0.8))
-        for ax, (name, x, y) in zip(np.atleast_1d(axes), panels):
-            canvas = np.ones((k * 9, cols * 9))
-            for c in range(k):
-                xs = x[y == c][:cols]
-                for j, im in enumerate(xs):
-                    canvas[c * 9:c * 9 + 8, j * 9:j * 9 + 8] = np.clip(im[0], 0, 1)
-            ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
-            ax.set_title(name if name == "real" else f"{name} q(x|y)", fontsize=9)
-            ax.set_yticks([c * 9 + 4 for c in range(k)])
-            ax.set_yticklabels([str(c) for c in range(k)], fontsize=7)
-            ax.set_xticks([])
-        fig.suptitle(f"task {t}: one row per class (prior data: {PRIORS[t]})", fontsize=9)
-        fig.tight_layout()
-        name = f"samples_{t}.png"
-        fig.savefig(out / name, dpi=130)
-        plt.close(fig)
-        figs.append(name)
-        # prior data and unconditional baselines, for reference
-        extra = [("prior data", out / f"prior_{t}.npz")] + [(m.upper(), out / f"samples_{t}_{m}.npz")
-                                                              for m in ("dafl", "dfad")]
-        extra = [(n, p) for n, p in extra if p.exists()]
-        if extra:
-            fig, axes = plt.subplots(1, len(extra), figsize=(2.6 * len(extra), 2.8))
-            for ax, (n, p) in zip(np.atleast_1d(axes), extra):
-                x = np.load(p)["x"][:64]
-                canvas = np.ones((8 * 9, 8 * 9))
-                for i, im in enumerate(x):
-                    canvas[(i // 8) * 9:(i // 8) * 9 + 8, (i % 8) * 9:(i % 8) * 9 + 8] = np.clip(im[0], 0, 1)
-                ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
-                ax.set_title(n, fontsize=9)
-                ax.axis("off")
-            fig.tight_layout()
-            name = f"others_{t}.png"
-            fig.savefig(out / name, dpi=130)
-            plt.close(fig)
-            figs.append(name)
-    return figs
+def _figures(out: Path, tasks) -> list[str]:
+    images = torch.load(out / "images.pt")
+    lines = []
+    for t in (t for t in tasks if f"{t}/real" in images):
+        k = int(images[f"{t}/real"].shape[0] ** 0.5)
+        for name, panel, n in (("samples", ("real", "avkd", "vkd"), k), ("others", ("prior data", "dafl", "dfad"), 8)):
+            got = {p if p in ("real", "prior data") else p.upper(): images[f"{t}/{p}"] for p in panel
+                   if f"{t}/{p}" in images}
+            if len(got) > 1:
+                harness.image_grid(got, out / f"{name}_{t}.png", n=n,
+                                   title=f"task {t}: " + ("one row per class" if n == k else f"prior data: {PRIORS[t]}"))
+                lines.append(f"![{name} {t}]({name}_{t}.png)")
+    return ["", "## Generated inputs (first seed)", ""] + lines if lines else []

@@ -1,25 +1,15 @@
 """Normalizing-flow distillation (Walton et al., "Distilling Normalizing Flows"): Tables 1, 2, 4, 6.
 
-Tabular part (Table 1 / Table 2 analogue): on offline data sets (Old Faithful, wine, breast
-cancer, 8x8 patches of scikit-learn's sample photographs with the BSDS300 protocol) a teacher flow
-(MAF: 6 steps, hidden 32; tabular Glow: 6 steps, hidden 64) is trained by maximum likelihood; then
-students (MAF: 3 steps, hidden 32; Glow: 3 steps, hidden 32) are trained from the same
-initialization per seed as a plain student (NLL only), and with LKD, ILKD and SKD (Eq. 15 with the
-paper's weights, L1 distance), and evaluated by test log-likelihood (nats), mean ± std over seeds.
-Inference time per batch and parameter counts, teacher vs student.
-
-Image part (Table 4 / Table 6 analogue): a multi-scale Glow (2 levels) on the embedded 8x8 digits,
-dequantized; teacher vs plain and ILKD students (fewer steps, fewer hidden units): test bits/dim,
-Fréchet distance in the digits-CNN feature space (*not* Inception FID) of samples at temperature
-0.7 and 1.0, sample grids, and FD of norm-preserving latent interpolations (Eq. 16) at the two
-temperatures.
-
-Models, losses and their mapping to the unified losses: :mod:`dgmkd.methods.flow_kd`.
+Tabular: per data set (offline sets, or the UCI benchmarks from files: ``--set datasets=power
+--set data_root=DIR``) a teacher flow (MAF or tabular Glow) is trained by maximum likelihood; smaller
+students from one initialization per seed train alone (NLL) or with LKD, ILKD, SKD (Eq. 15); test
+log-likelihood, density-evaluation time and parameters. Images: a two-level Glow on the dequantized
+8x8 digits, plain vs ILKD students: bits/dim and Fréchet distances (digits-CNN features) of samples
+and of latent interpolations (Eq. 16) at T = 1.0 and 0.7. Losses: :mod:`dgmkd.methods.flow_kd`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,33 +17,40 @@ from pathlib import Path
 
 import torch
 
-from .. import rundir
+from .. import harness
+from ..config import ConfigError
+from ..data.tabular import NAMES, UCI_NAMES, load_tabular
 from ..methods.flow_kd import WEIGHTS, evaluate_nll, fit
+from ..models.classifiers import num_params as n_params
 from ..models.flows import Glow, maf, slerp_norm
 from ..train import NonFiniteLossError
 
 DESCRIPTION = "flow distillation (Walton et al.): LKD/ILKD/SKD students of MAF and Glow, tabular + digits"
+ARCHS = ("maf", "glow")
+DISTILLED = ("lkd", "ilkd", "skd")
 
 
 @dataclass
 class Config:
     datasets: tuple[str, ...] = ("faithful", "wine", "breast_cancer", "patches")
-    archs: tuple[str, ...] = ("maf", "glow")
-    methods: tuple[str, ...] = ("student", "lkd", "ilkd", "skd")
-    seeds: int = 3
+    data_root: str = ""  # directory of the UCI files (power, gas, hepmass, miniboone, bsds300)
+    archs: tuple[str, ...] = ARCHS
+    methods: tuple[str, ...] = ("student",) + DISTILLED
+    seeds: tuple[int, ...] = (0, 1, 2)
     # (steps, hidden) of teacher and student per architecture (paper Table 3; Glow: see docs)
     maf_teacher: tuple[int, int] = (6, 32)
     maf_student: tuple[int, int] = (3, 32)
     glow_teacher: tuple[int, int] = (6, 64)
     glow_student: tuple[int, int] = (3, 32)
+    # AdamW with a linear warm-up and gradient clipping; the best validation state is kept
     teacher_steps: int = 1000
     student_steps: int = 500
     batch: int = 256
     lr: float = 1e-3
-    warmup: int = 50
+    warmup: int = 50  # steps of linear learning-rate warm-up
     grad_clip: float = 10.0
-    eval_every: int = 50
-    prior_batch: int = 128
+    eval_every: int = 50  # steps between validation-NLL checks
+    prior_batch: int = 128  # SKD: prior draws per step, at this temperature
     skd_temperature: float = 1.0
     skip: tuple[str, ...] = ("maf:patches:skd",)  # arch:dataset:method combinations not run (cost, see docs)
     patches: dict[str, int] = field(default_factory=lambda: {"n_train": 10000, "n_val": 1000, "n_test": 5000})
@@ -64,129 +61,115 @@ class Config:
     image_levels: int = 2
     image_teacher: tuple[int, int] = (8, 64)
     image_student: tuple[int, int] = (2, 32)
-    image_teacher_steps: int = 1500
+    image_teacher_steps: int = 1500  # image models: the same optimizer at image_lr, image_batch
     image_student_steps: int = 800
     image_batch: int = 64
     image_lr: float = 1e-3
-    image_seeds: int = 1
+    image_seeds: tuple[int, ...] = (0,)
     image_samples: int = 1000
-    seed: int = 0
+    seed: int = 0  # base seed of the teachers and the data draws
     progress: bool = True
 
+    def validate(self):
+        known = {"datasets": NAMES + UCI_NAMES, "archs": ARCHS, "methods": tuple(WEIGHTS)}
+        for key, allowed in known.items():
+            bad = [v for v in getattr(self, key) if v not in allowed]
+            if bad or not getattr(self, key):
+                raise ConfigError(f"{key}={getattr(self, key)!r}: choose one or more of {', '.join(allowed)}")
+        if not self.seeds or not self.image_seeds:
+            raise ConfigError(f"seeds={self.seeds!r}, image_seeds={self.image_seeds!r}: give at least one seed")
+        if any(d in UCI_NAMES for d in self.datasets) and not self.data_root:
+            raise ConfigError(f"datasets={self.datasets!r} holds a UCI benchmark: set data_root=DIR (its files)")
 
-QUICK = {"datasets": ("faithful", "wine"), "seeds": 1, "teacher_steps": 150, "student_steps": 60,
+
+QUICK = {"datasets": ("faithful", "wine"), "seeds": (0,), "teacher_steps": 150, "student_steps": 60,
          "eval_every": 30, "speed_repeats": 3, "image_teacher_steps": 80, "image_student_steps": 40,
          "image_teacher": (4, 32), "image_student": (2, 16), "image_samples": 300, "progress": False}
+TEST = {"datasets": ("faithful",), "teacher_steps": 30, "student_steps": 10, "eval_every": 5,
+        "image_teacher_steps": 10, "image_student_steps": 5, "image_teacher": (2, 8), "image_student": (1, 8),
+        "image_samples": 64}
 
 
 def _make(arch: str, dim: int, steps_hidden):
     k, h = steps_hidden
-    if arch == "maf":
-        return maf(dim, steps=k, hidden=h)
-    if arch == "glow":
-        return Glow((dim, 1, 1), levels=1, steps=k, hidden=h, squeeze=False)
-    raise ValueError(f"unknown architecture {arch!r}")
-
-
-def n_params(m) -> int:
-    return sum(p.numel() for p in m.parameters())
+    return maf(dim, steps=k, hidden=h) if arch == "maf" else Glow((dim, 1, 1), levels=1, steps=k, hidden=h,
+                                                                   squeeze=False)
 
 
 @torch.no_grad()
 def time_ms(fn, x, repeats: int) -> tuple[float, float]:
-    fn(x)  # warm-up
-    ts = []
-    for _ in range(repeats):
+    """Median and sd of the wall time of ``fn(x)`` in ms over ``repeats`` calls."""
+    def once():
         t0 = time.perf_counter()
         fn(x)
-        ts.append((time.perf_counter() - t0) * 1e3)
-    ts = torch.tensor(ts)
+        return (time.perf_counter() - t0) * 1e3
+
+    once()  # warm-up
+    ts = torch.tensor([once() for _ in range(repeats)])
     return float(ts.median()), float(ts.std()) if len(ts) > 1 else 0.0
 
 
-def _data(name, cfg):
-    from ..data.tabular import load_tabular
-
-    return load_tabular(name, **(dict(cfg.patches) if name == "patches" else {}))
+def _train(model, x, steps, cfg, seed, desc, **kw) -> str:
+    """Train by :func:`dgmkd.methods.flow_kd.fit`; the status: ``ok`` or why it diverged."""
+    try:
+        fit(model, x[0], steps, x_val=x[1], warmup=cfg.warmup, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
+            seed=seed, progress=cfg.progress, desc=desc, **{"lr": cfg.lr, **kw})
+        return "ok"
+    except (NonFiniteLossError, ValueError) as e:  # SKD can diverge (the paper's MAF SKD row); ValueError:
+        return f"diverged: {str(e).splitlines()[0][:200]}"  # torch's argument check met a non-finite sample
 
 
 def run(cfg: Config, out: Path) -> dict:
     torch.set_num_threads(1)
-    rows, speed, timing = [], [], {}
-    t_start = time.time()
+    out = Path(out)
+    rows, speed, timing, t_start = [], [], {}, time.time()
     for ds in cfg.datasets:
-        tr, va, te = _data(ds, cfg)
-        dim = tr.shape[1]
+        tr, va, te = load_tabular(ds, root=cfg.data_root, **(dict(cfg.patches) if ds == "patches" else {}))
         for arch in cfg.archs:
-            tcfg, scfg = getattr(cfg, f"{arch}_teacher"), getattr(cfg, f"{arch}_student")
-            t0 = time.time()
-            torch.manual_seed(cfg.seed)
-            teacher = _make(arch, dim, tcfg)
-            fit(teacher, tr, cfg.teacher_steps, batch=cfg.batch, lr=cfg.lr, warmup=cfg.warmup,
-                grad_clip=cfg.grad_clip, x_val=va, eval_every=cfg.eval_every, seed=cfg.seed,
-                progress=cfg.progress, desc=f"{ds}/{arch}/teacher")
+            t0, base = time.time(), dict(dataset=ds, arch=arch, dim=tr.shape[1])
+            harness.manual_seed(cfg.seed, "teacher-init", ds, arch)
+            teacher = _make(arch, tr.shape[1], getattr(cfg, f"{arch}_teacher"))
+            status = _train(teacher, (tr, va), cfg.teacher_steps, cfg, harness.seed(cfg.seed, "teacher-train", ds, arch),
+                            f"{ds}/{arch}/teacher", batch=cfg.batch)
             teacher.eval()
-            rows.append({"dataset": ds, "arch": arch, "model": "teacher", "seed": cfg.seed, "dim": dim,
-                         "test_ll": -evaluate_nll(teacher, te), "val_ll": -evaluate_nll(teacher, va),
-                         "params": n_params(teacher), "status": "ok"})
-            print(f"{ds}/{arch}: teacher test LL {rows[-1]['test_ll']:.3f}", flush=True)
-            for seed in range(cfg.seeds):
+            rows.append({**base, "model": "teacher", "seed": cfg.seed, "test_ll": -evaluate_nll(teacher, te),
+                         "params": n_params(teacher), "status": status})
+            for s in cfg.seeds:
                 for method in cfg.methods:
+                    row = {**base, "model": method, "seed": s}
                     if f"{arch}:{ds}:{method}" in cfg.skip:
-                        rows.append({"dataset": ds, "arch": arch, "model": method, "seed": seed, "dim": dim,
-                                     "test_ll": float("nan"), "val_ll": float("nan"), "status": "skipped"})
+                        rows.append({**row, "test_ll": None, "status": "skipped"})
                         continue
-                    torch.manual_seed(1000 + seed)
-                    student = _make(arch, dim, scfg)
-                    status = "ok"
-                    try:
-                        fit(student, tr, cfg.student_steps, teacher=teacher, method=method, batch=cfg.batch,
-                            lr=cfg.lr, warmup=cfg.warmup, grad_clip=cfg.grad_clip, x_val=va,
-                            eval_every=cfg.eval_every, prior_batch=cfg.prior_batch,
-                            temperature=cfg.skd_temperature, seed=1000 + seed, progress=cfg.progress,
-                            desc=f"{ds}/{arch}/{method}/s{seed}")
-                    except (NonFiniteLossError, ValueError) as e:  # SKD can diverge (the paper's MAF SKD row);
-                        # ValueError: torch's first-step argument check found a non-finite teacher sample
-                        status = f"diverged: {str(e).splitlines()[0][:200]}"
+                    harness.manual_seed(s, "student-init", ds, arch)  # the same start for every method
+                    student = _make(arch, tr.shape[1], getattr(cfg, f"{arch}_student"))
+                    status = _train(student, (tr, va), cfg.student_steps, cfg, harness.seed(s, "student-train", ds, arch),
+                                    f"{ds}/{arch}/{method}/s{s}", teacher=teacher, method=method, batch=cfg.batch,
+                                    prior_batch=cfg.prior_batch, temperature=cfg.skd_temperature)
                     ll = -evaluate_nll(student, te)
-                    if not math.isfinite(ll):
-                        status = "non-finite test LL"
-                    rows.append({"dataset": ds, "arch": arch, "model": method, "seed": seed, "dim": dim,
-                                 "test_ll": ll, "val_ll": -evaluate_nll(student, va), "params": n_params(student),
-                                 "status": status})
-                    print(f"{ds}/{arch}/{method}/seed {seed}: test LL {ll:.3f} ({status})", flush=True)
-                rundir.write_csv(out / "tabular.csv", rows)
+                    rows.append({**row, "test_ll": ll, "params": n_params(student),
+                                 "status": status if math.isfinite(ll) or status != "ok" else "non-finite test LL"})
+                    print(f"{ds}/{arch}/{method}/seed {s}: test LL {ll:.3f} ({rows[-1]['status']})", flush=True)
+                harness.write_csv(out / "tabular.csv", rows)
             # Table 2: density evaluation time per batch
-            xb = te[:cfg.speed_batch]
-            if len(xb) < cfg.speed_batch:
-                xb = te[torch.randint(len(te), (cfg.speed_batch,), generator=torch.Generator().manual_seed(0))]
-            student = _make(arch, dim, scfg).eval()
+            xb = te[torch.randint(len(te), (cfg.speed_batch,), generator=harness.generator(cfg.seed, "speed", ds))]
+            student = _make(arch, tr.shape[1], getattr(cfg, f"{arch}_student")).eval()
             tm, ts = time_ms(teacher.log_prob, xb, cfg.speed_repeats)
             sm, ss = time_ms(student.log_prob, xb, cfg.speed_repeats)
-            speed.append({"dataset": ds, "arch": arch, "teacher_ms": tm, "teacher_ms_std": ts, "student_ms": sm,
-                          "student_ms_std": ss, "teacher_kparams": n_params(teacher) / 1e3,
-                          "student_kparams": n_params(student) / 1e3, "speedup": tm / sm})
-            rundir.write_csv(out / "speed.csv", speed)
+            speed.append({**base, "teacher_ms": tm, "teacher_ms_sd": ts, "student_ms": sm, "student_ms_sd": ss,
+                          "teacher_params": n_params(teacher), "student_params": n_params(student)})
+            harness.write_csv(out / "speed.csv", speed)
             timing[f"{ds}/{arch}"] = time.time() - t0
     if cfg.images:
         t0 = time.time()
         run_images(cfg, out)
         timing["images"] = time.time() - t0
     timing["total"] = time.time() - t_start
-    rundir.write_json(out / "timing.json", timing)
-    text = report(out)
-    return {"report": text, "timing": timing}
+    harness.write_json(out / "timing.json", timing)
+    return {"report": report(out), "timing": timing}
 
 
 # ---------------------------------------------------------------- images (Glow on digits)
-
-N_BINS = 17  # digits take the values k/16, k = 0..16
-
-
-def dequantize(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Digits in {0, 1/16, ..., 1} -> continuous in [-0.5, 0.5): ``(k + u) / 17 - 0.5``."""
-    k = torch.round(x * 16)
-    return (k + torch.rand(x.shape, generator=gen)) / N_BINS - 0.5
+LEVELS = 17  # digits take the values k/16, k = 0..16
 
 
 def to_image(x: torch.Tensor) -> torch.Tensor:
@@ -195,21 +178,17 @@ def to_image(x: torch.Tensor) -> torch.Tensor:
 
 def bits_per_dim(flow, x_deq: torch.Tensor) -> float:
     d = x_deq[0].numel()
-    return (evaluate_nll(flow, x_deq) + d * math.log(N_BINS)) / (d * math.log(2))
+    return (evaluate_nll(flow, x_deq) + d * math.log(LEVELS)) / (d * math.log(2))
 
 
 @torch.no_grad()
 def interpolations(flow, x: torch.Tensor, n: int, temperature: float, gen: torch.Generator) -> torch.Tensor:
     """Decoded norm-preserving interpolations (Eq. 16) between random pairs of encoded images,
     at alpha in {0.25, 0.5, 0.75}, latents scaled by ``temperature``."""
-    out = []
     per = max(1, n // 3)
-    i = torch.randint(len(x), (per,), generator=gen)
-    j = torch.randint(len(x), (per,), generator=gen)
-    zu, zv = flow.transform(x[i]), flow.transform(x[j])
-    for a in (0.25, 0.5, 0.75):
-        out.append(flow.inverse(temperature * slerp_norm(zu, zv, a)))
-    return to_image(torch.cat(out))
+    i, j = torch.randint(len(x), (per,), generator=gen), torch.randint(len(x), (per,), generator=gen)
+    zu, zv = flow.to_noise(x[i]), flow.to_noise(x[j])
+    return to_image(torch.cat([flow.from_noise(temperature * slerp_norm(zu, zv, a)) for a in (0.25, 0.5, 0.75)]))
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -217,205 +196,152 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
 
 
 def run_images(cfg: Config, out: Path) -> None:
-    from ..data.digits import digits_split
+    from ..data.digits import dequantize, digits_split
     from ..metrics import digits_feature_net, frechet_distance
 
-    xtr, _ = digits_split("train")
-    xte, _ = digits_split("test")
-    g = torch.Generator().manual_seed(cfg.seed)
-    te_deq = dequantize(xte, g)
-    n_val = 150
-    va_deq, tr_all = dequantize(xtr[:n_val], g), xtr[n_val:]
-    net = digits_feature_net()
-    real = xte
+    xtr, xva, xte = (digits_split(s, val_fraction=0.1)[0] for s in ("train", "val", "test"))
+    te_deq = dequantize(xte, generator=harness.generator(cfg.seed, "dequantize", "test")) - 0.5
+    va_deq = dequantize(xva, generator=harness.generator(cfg.seed, "dequantize", "val")) - 0.5
+    net, rows, samples = digits_feature_net(), [], {"data": xte[:64]}
 
-    rows, samples = [], {}
+    def train_glow(role, seed, desc, **kw):
+        harness.manual_seed(seed, "image-init", role)  # the students of one seed start alike
+        k, h = getattr(cfg, f"image_{role}")
+        model = Glow((1, 8, 8), levels=cfg.image_levels, steps=k, hidden=h)
+        x = dequantize(xtr, generator=harness.generator(seed, "dequantize", "train", role)) - 0.5
+        status = _train(model, (x, va_deq), getattr(cfg, f"image_{role}_steps"), cfg,
+                        harness.seed(seed, "image-train", role), desc, batch=cfg.image_batch, lr=cfg.image_lr, **kw)
+        return model.eval(), status
 
-    def train_glow(model, steps, teacher=None, method="student", seed=0, desc=""):
-        x_deq = dequantize(tr_all, torch.Generator().manual_seed(seed + 99))
-        return fit(model, x_deq, steps, teacher=teacher, method=method, batch=cfg.image_batch, lr=cfg.image_lr,
-                   warmup=cfg.warmup, grad_clip=cfg.grad_clip, x_val=va_deq, eval_every=cfg.eval_every,
-                   seed=seed, progress=cfg.progress, desc=desc)
-
-    def evaluate(model, name, seed):
-        gen = torch.Generator().manual_seed(123)
-        r = {"model": name, "seed": seed, "test_bpd": bits_per_dim(model, te_deq), "params": n_params(model)}
+    def evaluate(model, name, seed, status):
+        r = {"model": name, "seed": seed, "test_bpd": bits_per_dim(model, te_deq), "params": n_params(model),
+             "status": status}
+        gen = harness.generator(cfg.seed, "interpolation-pairs")
         for T in (1.0, 0.7):
-            torch.manual_seed(1234)
+            harness.manual_seed(cfg.seed, "samples", T)
             s = _finite(to_image(model.sample(cfg.image_samples, temperature=T)))
-            r[f"nonfinite_T{T}"] = cfg.image_samples - len(s)  # samples with inf/nan pixels, left out of FD
-            r[f"fd_T{T}"] = float(frechet_distance(real, s, net))
             si = interpolations(model, te_deq, cfg.image_samples, T, gen)
+            r[f"nonfinite_T{T}"] = cfg.image_samples - len(s)  # samples with inf/nan pixels, left out of FD
+            r[f"fd_T{T}"] = float(frechet_distance(xte, s, net))
             r[f"nonfinite_interp_T{T}"] = len(si) - len(_finite(si))
-            r[f"fd_interp_T{T}"] = float(frechet_distance(real, _finite(si), net))
-            if T == 0.7 and seed == 0:
+            r[f"fd_interp_T{T}"] = float(frechet_distance(xte, _finite(si), net))
+            if T == 0.7 and seed == cfg.image_seeds[0]:
                 samples[name] = s[:64]
-        tm, _ = time_ms(model.log_prob, te_deq, cfg.speed_repeats)
-        r["ms_per_batch"] = tm
-        return r
+        r["ms_per_batch"] = time_ms(model.log_prob, te_deq, cfg.speed_repeats)[0]
+        rows.append(r)
+        print(f"digits/glow {name} seed {seed}: {r}", flush=True)
+        harness.write_csv(out / "images.csv", rows)
 
-    torch.manual_seed(cfg.seed)
-    k, h = cfg.image_teacher
-    teacher = Glow((1, 8, 8), levels=cfg.image_levels, steps=k, hidden=h)
-    train_glow(teacher, cfg.image_teacher_steps, seed=cfg.seed, desc="digits/teacher")
-    teacher.eval()
-    rows.append(evaluate(teacher, "teacher", cfg.seed))
-    print(f"digits/glow teacher: {rows[-1]}", flush=True)
-    for seed in range(cfg.image_seeds):
+    teacher, status = train_glow("teacher", cfg.seed, "digits/teacher")
+    evaluate(teacher, "teacher", cfg.seed, status)
+    for s in cfg.image_seeds:
         for method in ("student", "ilkd"):
-            torch.manual_seed(2000 + seed)
-            k, h = cfg.image_student
-            s = Glow((1, 8, 8), levels=cfg.image_levels, steps=k, hidden=h)
-            try:
-                train_glow(s, cfg.image_student_steps, teacher=teacher, method=method, seed=2000 + seed,
-                           desc=f"digits/{method}/s{seed}")
-                status = "ok"
-            except (NonFiniteLossError, ValueError) as e:
-                status = f"diverged: {str(e).splitlines()[0][:200]}"
-            s.eval()
-            rows.append({**evaluate(s, method, seed), "status": status})
-            print(f"digits/glow {method} seed {seed}: {rows[-1]}", flush=True)
-        rundir.write_csv(out / "images.csv", rows)
-    rundir.write_csv(out / "images.csv", rows)
-    real_grid = xte[:64]
-    _grid({"data": real_grid, **samples}, out / "samples_T0.7.png")
-
-
-def _grid(named: dict, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(named), figsize=(3 * len(named), 3.2))
-    for ax, (name, imgs) in zip(axes, named.items()):
-        n = int(math.sqrt(len(imgs)))
-        g = imgs[:n * n, 0].reshape(n, n, 8, 8).permute(0, 2, 1, 3).reshape(n * 8, n * 8)
-        ax.imshow(g.numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            student, status = train_glow("student", s, f"digits/{method}/s{s}", teacher=teacher, method=method)
+            evaluate(student, method, s, status)
+    torch.save({k: v.detach().clone() for k, v in samples.items()}, out / "samples_T0.7.pt")
 
 
 # ---------------------------------------------------------------- report
+CLAIM = ("Walton et al. claim that a student flow distilled from a larger teacher (LKD: final latents; ILKD: "
+         "matched intermediate states; SKD: the teacher's samples) reaches a higher test log-likelihood than "
+         "the same student trained alone, evaluates densities faster than the teacher (1.6-1.8x), and, on "
+         "images, draws better samples (lower FID), ILKD being the most reliable and SKD unstable.")
 
 
-def _read_csv(path: Path):
-    import csv
-
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
+def _ok(r) -> bool:
+    return r["status"] == "ok" and r["test_ll"] is not None and math.isfinite(r["test_ll"])
 
 
-def _mean_std(vals):
-    t = torch.tensor(vals, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(t) > 1 else 0.0
+def _cell(runs, summ) -> str | None:
+    if not runs:
+        return None
+    if summ is None:
+        return f"— ({runs[0]['status'].split(':')[0]})"
+    bad = sum(not _ok(r) for r in runs)
+    return harness.cell(summ, "test_ll") + (f" ({bad} of {len(runs)} failed)" if bad else "")
+
+
+def _tabular(tab: list[dict]) -> list[str]:
+    dss, archs = list(dict.fromkeys(r["dataset"] for r in tab)), list(dict.fromkeys(r["arch"] for r in tab))
+    ll = {(r["arch"], r["model"], r["dataset"], r["seed"]): r["test_ll"] for r in tab if _ok(r)}
+    runs = {}
+    for r in tab:
+        runs.setdefault((r["arch"], r["model"], r["dataset"]), []).append(r)
+    summ = {(s["arch"], s["model"], s["dataset"]): s for s in
+            harness.summarize([r for r in tab if _ok(r)], ("arch", "model", "dataset"), ("test_ll",))}
+    body, verdicts = [], []
+    for arch in archs:
+        for model in ("student",) + DISTILLED + ("teacher",):
+            cells = [_cell(runs.get((arch, model, ds)), summ.get((arch, model, ds))) for ds in dss]
+            body += [[arch, model] + cells] if any(c is not None for c in cells) else []
+        wins = []
+        for ds in dss:  # the best distilled method without a failed seed, against the plain student
+            cands = [m for m in DISTILLED if (arch, m, ds) in summ and all(_ok(r) for r in runs[(arch, m, ds)])]
+            if (arch, "student", ds) in summ and cands:
+                m = max(cands, key=lambda m: summ[(arch, m, ds)]["test_ll_mean"])
+                gap = summ[(arch, m, ds)]["test_ll_mean"] - summ[(arch, "student", ds)]["test_ll_mean"]
+                every = all(v > ll[(arch, "student", ds, sd)] for (a, mm, d, sd), v in ll.items()
+                            if (a, mm, d) == (arch, m, ds) and (arch, "student", ds, sd) in ll)
+                wins.append((f"{ds}: {m} {gap:+.3f}" + (" every seed" if gap > 0 and every else ""), gap > 0,
+                             gap > 0 and every))
+        verdicts.append(f"- {arch}: the best distilled student beats the plain student on the mean on "
+                        f"{sum(w[1] for w in wins)} of {len(wins)} data sets, in every seed on {sum(w[2] for w in wins)}"
+                        " (" + ", ".join(w[0] for w in wins) + ")")
+    lines = ["## Table 1 analogue: test log-likelihood (nats, higher is better)", "",
+             f"Spread: {harness.SPREAD}. Students of one seed start from the same initialization for every "
+             "method. A method with a failed seed says how many failed and is not compared below.", ""]
+    lines += harness.table(["arch", "model"] + dss, body)
+    lines += ["", "Does distillation help here? (best distilled method per data set against the plain student; "
+              "'every seed' = better than the plain student of the same seed and initialization)", ""] + verdicts
+    fails = [f"- {r['arch']}/{r['dataset']}/{r['model']}/seed {r['seed']}: {r['status'][:160]}" for r in tab
+             if r["status"] not in ("ok", "skipped")]
+    lines += ["", "Runs that failed (reported, not hidden):", ""] + fails if fails else []
+    skipped = sorted({f"{r['arch']}/{r['dataset']}/{r['model']}" for r in tab if r["status"] == "skipped"})
+    return lines + (["", "Not run (configured `skip`): " + ", ".join(skipped)] if skipped else [])
 
 
 def report(out: Path) -> str:
-    """(Re)build ``report.md`` from ``tabular.csv``, ``speed.csv``, ``images.csv``, ``timing.json``."""
+    """(Re)build ``report.md`` and ``samples_T0.7.png`` from the run directory's CSV, JSON and
+    sample files."""
     out = Path(out)
-    tab = _read_csv(out / "tabular.csv")
-    lines = ["# Flow distillation (Walton et al.): LKD / ILKD / SKD", ""]
-    cfg_path = out / "config.json"
-    if cfg_path.exists():
-        lines += [f"Config: `{cfg_path.name}` in this run directory.", ""]
-    if tab:
-        dss = list(dict.fromkeys(r["dataset"] for r in tab))
-        archs = list(dict.fromkeys(r["arch"] for r in tab))
-        lines += ["## Table 1 analogue: test log-likelihood (nats, higher is better), mean ± std over seeds", "",
-                  "| arch | model | " + " | ".join(dss) + " |", "|---|---|" + "---|" * len(dss)]
-        wins = {}
-        for arch in archs:
-            means = {}
-            for model in ("student", "lkd", "ilkd", "skd", "teacher"):
-                cells = []
-                for ds in dss:
-                    rs = [r for r in tab if r["arch"] == arch and r["model"] == model and r["dataset"] == ds]
-                    ok = [float(r["test_ll"]) for r in rs if r["status"] == "ok" and math.isfinite(float(r["test_ll"]))]
-                    bad = len(rs) - len(ok)
-                    if not rs:
-                        cells.append("")
-                    elif not ok:
-                        cells.append("— (" + rs[0]["status"].split(":")[0] + ")")
-                    else:
-                        m, s = _mean_std(ok)
-                        if not bad:  # a method with failed seeds is not compared on its surviving ones
-                            means[(model, ds)] = (m, s)
-                        cells.append(f"{m:.3f} ± {s:.3f}" + (f" ({bad} of {len(rs)} failed)" if bad else ""))
-                if any(cells):
-                    lines.append(f"| {arch} | {model} | " + " | ".join(cells) + " |")
-            for ds in dss:
-                if ("student", ds) in means:
-                    cands = [(means[(m, ds)][0], m) for m in ("lkd", "ilkd", "skd") if (m, ds) in means]
-                    if not cands:
-                        continue
-                    bm, bname = max(cands)
-                    gap = bm - means[("student", ds)][0]
-                    per_seed = {r["seed"]: float(r["test_ll"]) for r in tab if r["arch"] == arch and r["dataset"] == ds
-                                and r["model"] == "student"}
-                    paired = [float(r["test_ll"]) - per_seed[r["seed"]] for r in tab if r["arch"] == arch
-                              and r["dataset"] == ds and r["model"] == bname and r["seed"] in per_seed]
-                    wins[(arch, ds)] = (gap > 0, bname, gap, bool(paired) and all(d > 0 for d in paired))
-        lines += ["", "Some distilled student beats the plain student (mean test LL over seeds; methods with a "
-                  "failed seed are left out; 'every seed' = better than the plain student of the same seed, "
-                  "which starts from the same initialization, in every seed):", ""]
-        for arch in archs:
-            w = [(ds, wins[(arch, ds)]) for ds in dss if (arch, ds) in wins]
-            n = sum(1 for _, v in w if v[0])
-            nc = sum(1 for _, v in w if v[0] and v[3])
-            lines.append(f"- {arch}: {n} of {len(w)} data sets, {nc} in every seed (" + ", ".join(
-                f"{ds}: " + (f"yes, {m} {g:+.3f}" + (" every seed" if c else " not every seed") if b else f"no ({m} {g:+.3f})")
-                for ds, (b, m, g, c) in w) + ")")
-        fails = [r for r in tab if r["status"] not in ("ok", "skipped")]
-        skipped = sorted({f"{r['arch']}/{r['dataset']}/{r['model']}" for r in tab if r["status"] == "skipped"})
-        if fails:
-            lines += ["", "Runs that failed (reported, not hidden):", ""]
-            lines += [f"- {r['arch']}/{r['dataset']}/{r['model']}/seed {r['seed']}: {r['status'][:160]}" for r in fails]
-        if skipped:
-            lines += ["", "Not run (configured `skip`): " + ", ".join(skipped)]
-    sp = _read_csv(out / "speed.csv")
-    if sp:
-        lines += ["", "## Table 2 analogue: density evaluation time per batch and parameters", "",
-                  "| data set | arch | teacher ms | student ms | speed-up | teacher K params | student K params |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in sp:
-            lines.append(f"| {r['dataset']} | {r['arch']} | {float(r['teacher_ms']):.2f} ± {float(r['teacher_ms_std']):.2f} | "
-                         f"{float(r['student_ms']):.2f} ± {float(r['student_ms_std']):.2f} | {float(r['speedup']):.2f}x | "
-                         f"{float(r['teacher_kparams']):.1f} | {float(r['student_kparams']):.1f} |")
-        lines.append("")
-        lines.append("Times: median of repeated `log_prob` calls on one batch, one thread, on a shared machine.")
-    im = _read_csv(out / "images.csv")
-    if im:
+    cfg = harness.load_config(out, Config)
+    lines = ["# Flow distillation (Walton et al.): LKD / ILKD / SKD", "", CLAIM, ""]
+    lines += _tabular(harness.read_csv(out / "tabular.csv", ("dataset", "arch", "model", "seed", "test_ll", "status")))
+    sp = harness.read_csv(out / "speed.csv")
+    lines += ["", "## Table 2 analogue: density evaluation time per batch and parameters", "",
+              f"Median ± sd of {cfg.speed_repeats} `log_prob` calls on a batch of {cfg.speed_batch}, one thread, "
+              "on a shared machine.", ""]
+    lines += harness.table(["data set", "arch", "teacher ms", "student ms", "speed-up", "teacher params",
+                            "student params"],
+                           [[r["dataset"], r["arch"], f"{r['teacher_ms']:.2f} ± {r['teacher_ms_sd']:.2f}",
+                             f"{r['student_ms']:.2f} ± {r['student_ms_sd']:.2f}",
+                             f"{r['teacher_ms'] / r['student_ms']:.2f}x", r["teacher_params"], r["student_params"]]
+                            for r in sp])
+    if cfg.images:
+        im = harness.read_csv(out / "images.csv", ("model", "test_bpd"))
+        keys = ("test_bpd", "fd_T1.0", "fd_T0.7", "fd_interp_T1.0", "fd_interp_T0.7", "ms_per_batch")
+        summ = harness.summarize(im, ("model",), keys)
+        params = {r["model"]: r["params"] for r in im}
         lines += ["", "## Table 4 / 6 analogue: Glow on 8x8 digits", "",
-                  "FD = Fréchet distance in the feature space of the cached digits CNN (not Inception FID), "
-                  "against the held-out digits.", "",
-                  "| model | params | test bits/dim | FD samples T=1.0 | FD samples T=0.7 | FD interp T=1.0 | FD interp T=0.7 | ms/batch |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for model in dict.fromkeys(r["model"] for r in im):
-            rs = [r for r in im if r["model"] == model]
-
-            def ms(key):
-                m, s = _mean_std([float(r[key]) for r in rs])
-                return f"{m:.3f}" + (f" ± {s:.3f}" if len(rs) > 1 else "")
-            lines.append(f"| {model} | {rs[0]['params']} | {ms('test_bpd')} | {ms('fd_T1.0')} | {ms('fd_T0.7')} | "
-                         f"{ms('fd_interp_T1.0')} | {ms('fd_interp_T0.7')} | {ms('ms_per_batch')} |")
-        nf = [f"{r['model']}/seed {r['seed']}: " + ", ".join(f"{k} {r[k]}" for k in r if k.startswith("nonfinite") and r[k] not in ("0", ""))
-              for r in im if any(k.startswith("nonfinite") and r[k] not in ("0", "") for k in r)]
+                  "FD = Fréchet distance in the feature space of the digits CNN (not Inception FID), against the "
+                  f"held-out digits; {cfg.image_samples} samples per cell; lower is better.", ""]
+        lines += harness.table(["model", "params", "test bits/dim", "FD samples T=1.0", "FD samples T=0.7",
+                                "FD interp T=1.0", "FD interp T=0.7", "ms/batch"],
+                               [[s["model"], params[s["model"]]] + [harness.cell(s, k) for k in keys] for s in summ])
+        nf = [f"{r['model']}/seed {r['seed']}: " + ", ".join(f"{k} {r[k]}" for k in r if k.startswith("nonfinite") and r[k])
+              for r in im if any(k.startswith("nonfinite") and r[k] for k in r)]
         if nf:
-            lines += ["", f"Samples with non-finite pixels (out of {{n}} per cell), left out of the FD: ".replace(
-                "{n}", "the configured image_samples") + "; ".join(nf)]
-        if (out / "samples_T0.7.png").exists():
+            lines += ["", "Samples with non-finite pixels, left out of the FD: " + "; ".join(nf)]
+        fails = [f"{r['model']}/seed {r['seed']}: {r['status']}" for r in im if r["status"] != "ok"]
+        if fails:
+            lines += ["", "Diverged (evaluated at their best validation state): " + "; ".join(fails)]
+        samples = out / "samples_T0.7.pt"
+        if samples.exists():
+            harness.image_grid(torch.load(samples), out / "samples_T0.7.png", title="samples at T = 0.7")
             lines += ["", "![samples at T=0.7](samples_T0.7.png)"]
-    tj = out / "timing.json"
-    if tj.exists():
-        t = json.loads(tj.read_text())
-        lines += ["", f"Wall-clock: {t.get('total', float('nan')) / 60:.1f} min in total (" +
-                  ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total") + ")."]
+    t = harness.read_json(out / "timing.json")
+    lines += ["", f"Wall-clock: {t['total'] / 60:.1f} min in total (" +
+              ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total") + ")."]
     text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
+    harness.write_text(out / "report.md", text)
     return text

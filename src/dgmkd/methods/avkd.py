@@ -17,8 +17,10 @@ generator/discriminator update (Algorithm 1).
 
 In the vocabulary of :mod:`dgmkd`: the classifier is a DGM with one target site and inputs, and
 the student update is exactly ``losses.surrogate(couple(teacher, student, x))`` — vanilla KD —
-with ``x`` supplied by the generator instead of ``p_data(x)``. :func:`generated_inputs` makes a
-trained generator an ``inputs=`` callable for :func:`dgmkd.distill`. The generators are DGMs too
+with ``x`` supplied by the generator instead of ``p_data(x)`` (:func:`~dgmkd.methods.generator_kd.kd_loss`;
+the game is run by :class:`~dgmkd.methods.generator_kd.GeneratorKD`).
+:func:`~dgmkd.methods.generator_kd.generated_inputs` makes a trained generator an ``inputs=``
+callable for :func:`dgmkd.distill`. The generators are DGMs too
 (latent noise site ``"eps"``, deterministic site ``"x"``; VKD's Gaussian ``q(x|y)`` is a latent
 site ``"x"``).
 
@@ -33,12 +35,11 @@ Example (a few steps on random "prior data"):
     ...          discriminator=Discriminator(3), batch=16, n_student=2)
     >>> hist = m.fit(3, progress=False)
     >>> sorted(k for k in hist if k != "step")
-    ['d_loss', 'g_adv', 'g_loss', 'g_prior', 'g_recon', 's_kd']
+    ['discriminator.loss', 'generator.adv', 'generator.loss', 'generator.prior', 'generator.recon', 'student.loss']
 """
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import torch
@@ -47,55 +48,14 @@ from torch import nn
 from torch.distributions import Categorical, Independent, Normal
 
 from .. import divergences
-from ..coupling import couple
-from ..losses import surrogate
-from ..sites import deterministic, latent
-from ..train import train
+from ..sites import latent
+from .generator_kd import Generator, GeneratorKD, _labels, generated_inputs, kd_loss
 
 __all__ = ["Generator", "GaussianGenerator", "Discriminator", "MLPDiscriminator", "discriminator_loss",
-           "teacher_log_likelihood", "disagreement", "vkd_kl", "kd_update", "generated_inputs", "AVKD"]
+           "teacher_log_likelihood", "disagreement", "vkd_kl", "kd_loss", "generated_inputs", "AVKD"]
 
 
 # ----------------------------------------------------------------------------------- generators
-class Generator(nn.Module):
-    """``x = G(y, eps)``: noise (and the one-hot label when ``num_classes > 0``) -> image in [0, 1].
-
-    A DGM: ``forward(y)`` (labels, conditional) or ``forward(n)`` (unconditional, ``num_classes=0``)
-    draws the latent site ``"eps" ~ N(0, I)`` and returns the deterministic site ``"x"``.
-    Architecture after the DAFL/DFAD generators (linear, then upsampling convolutions with batch
-    norm), sized for ``out_shape`` with spatial side divisible by 4.
-    """
-
-    def __init__(self, num_classes: int = 10, noise_dim: int = 32, out_shape: tuple[int, int, int] = (1, 8, 8),
-                 hidden: int = 64):
-        super().__init__()
-        self.num_classes, self.noise_dim, self.out_shape = num_classes, noise_dim, tuple(out_shape)
-        c, h, w = self.out_shape
-        self.init = (h // 4, w // 4)
-        self.fc = nn.Linear(noise_dim + num_classes, hidden * self.init[0] * self.init[1])
-        self.net = nn.Sequential(
-            nn.BatchNorm2d(hidden), nn.Upsample(scale_factor=2),
-            nn.Conv2d(hidden, hidden, 3, 1, 1), nn.BatchNorm2d(hidden), nn.LeakyReLU(0.2),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(hidden, hidden // 2, 3, 1, 1), nn.BatchNorm2d(hidden // 2), nn.LeakyReLU(0.2),
-            nn.Conv2d(hidden // 2, c, 3, 1, 1))
-        self.hidden = hidden
-
-    def decode(self, eps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = eps if not self.num_classes else torch.cat([eps, F.one_hot(y, self.num_classes).float()], 1)
-        h = self.fc(h).view(len(eps), self.hidden, *self.init)
-        return torch.sigmoid(self.net(h))
-
-    def forward(self, y_or_n) -> torch.Tensor:
-        y = y_or_n if isinstance(y_or_n, torch.Tensor) else None
-        n = len(y) if y is not None else int(y_or_n)
-        if self.num_classes and y is None:
-            raise ValueError("a conditional generator needs labels y, not a batch size")
-        dev = self.fc.weight.device
-        eps = latent("eps", Independent(Normal(torch.zeros(n, self.noise_dim, device=dev), 1.0), 1))
-        return deterministic("x", self.decode(eps, y))
-
-
 class GaussianGenerator(nn.Module):
     """VKD's explicit ``q(x|y) = N(mu_y, diag sigma_y^2)``: one learned mean image and scale per
     class. ``forward(y)`` returns the reparameterized latent site ``"x"``."""
@@ -175,48 +135,23 @@ def vkd_kl(q: Independent, prior_loc: float = 0.0, prior_scale: float = 1.0) -> 
     return divergences.reduce(divergences.kl(q, p))
 
 
-def kd_update(teacher, student, x: torch.Tensor, opt: torch.optim.Optimizer, temperature: float = 1.0,
-              validate_args: bool | None = False) -> torch.Tensor:
-    """One student step of Eq. 3.18 on inputs ``x``: the surrogate (vanilla KD) loss of the coupled
-    classifiers, ``losses.surrogate(couple(teacher, student, x))``."""
-    loss = surrogate(couple(teacher, student, x, validate_args=validate_args), temperature=temperature)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach()
-
-
-def _labels(n: int, num_classes: int, device=None) -> torch.Tensor:
-    return torch.randint(0, num_classes, (n,), device=device)
-
-
-def generated_inputs(generator: nn.Module, batch: int, num_classes: int | None = None) -> Callable[[], torch.Tensor]:
-    """An ``inputs=`` callable for :func:`dgmkd.distill`: each call returns a fresh batch
-    ``G(y, eps)`` (``y ~ Uniform`` for a conditional generator), without gradient."""
-    k = getattr(generator, "num_classes", 0) if num_classes is None else num_classes
-
-    @torch.no_grad()
-    def supply():
-        dev = next(generator.parameters()).device
-        return generator(_labels(batch, k, dev)) if k else generator(batch)
-
-    return supply
-
-
 # ------------------------------------------------------------------------------------ the method
-class AVKD:
-    """Algorithm 1 of Tang & Lin as a step function for :func:`dgmkd.train`.
+class AVKD(GeneratorKD):
+    """Algorithm 1 of Tang & Lin, a :class:`~dgmkd.methods.generator_kd.GeneratorKD` game.
 
     ``prior_data`` (a tensor of unlabeled inputs) with a ``discriminator`` gives AVKD; with
     ``prior_data=None`` and a :class:`GaussianGenerator`, the prior term is VKD's analytic KL to
-    ``N(0, I)``. Every iteration: one generator step on ``L_G`` (module docstring), one
-    discriminator step (Eq. 3.17, on the same generated batch), ``n_student`` student KD steps on
-    fresh generated batches. ``p(y)`` is uniform over ``num_classes`` (their §4.2).
+    ``N(prior_loc, prior_scale^2 I)``. Every iteration: one generator step on ``L_G`` (module
+    docstring), one discriminator step (Eq. 3.17, on the same generated batch, detached),
+    ``n_student`` student KD steps on fresh generated batches. ``p(y)`` is uniform over
+    ``num_classes`` (their §4.2).
 
-    Optimizers are Adam (the paper: Adam for the generator, Nesterov SGD for student and
-    discriminator; Adam is less sensitive on these small models); the student's learning rate
-    follows a cosine schedule over the run when ``fit`` is used.
+    Optimizers are Adam with ``betas=(0.5, 0.999)`` for all three players (the paper: Adam for the
+    generator, Nesterov SGD for student and discriminator; Adam is less sensitive on these small
+    models); the student's learning rate follows a cosine decay over the run.
     """
+
+    betas = (0.5, 0.999)
 
     def __init__(self, teacher: nn.Module, student: nn.Module, generator: nn.Module, *,
                  prior_data: torch.Tensor | None = None, discriminator: nn.Module | None = None,
@@ -226,30 +161,21 @@ class AVKD:
                  prior_loc: float = 0.0, prior_scale: float = 1.0):
         if (prior_data is None) != (discriminator is None):
             raise ValueError("AVKD needs both prior_data and a discriminator; VKD (Gaussian prior) neither")
-        self.teacher, self.student, self.generator, self.disc = teacher, student, generator, discriminator
-        self.prior = prior_data
-        self.num_classes = num_classes or getattr(generator, "num_classes", None) or teacher.num_classes
-        self.batch, self.n_student = batch, n_student
-        self.w_prior, self.w_recon, self.w_adv, self.temperature = w_prior, w_recon, w_adv, temperature
+        super().__init__(teacher, student, generator, batch=batch, n_student=n_student, lr_g=lr_g, lr_s=lr_s,
+                         temperature=temperature,
+                         num_classes=num_classes or getattr(generator, "num_classes", None) or teacher.num_classes)
+        self.disc, self.prior, self.lr_d = discriminator, prior_data, lr_d
+        self.w_prior, self.w_recon, self.w_adv = w_prior, w_recon, w_adv
         self.prior_loc, self.prior_scale = prior_loc, prior_scale
-        teacher.eval()
-        teacher.requires_grad_(False)
-        self.opt_g = torch.optim.Adam(generator.parameters(), lr_g, betas=(0.5, 0.999))
-        self.opt_s = torch.optim.Adam(student.parameters(), lr_s)
-        self.opt_d = torch.optim.Adam(discriminator.parameters(), lr_d, betas=(0.5, 0.999)) if discriminator else None
-        self.sched_s = None
+        self._last = None
 
     @property
     def mode(self) -> str:
         return "avkd" if self.disc is not None else "vkd"
 
-    def state(self) -> dict:
-        s = {"generator": self.generator, "student": self.student, "opt_g": self.opt_g, "opt_s": self.opt_s}
-        if self.disc is not None:
-            s.update(discriminator=self.disc, opt_d=self.opt_d)
-        if self.sched_s is not None:
-            s["sched_s"] = self.sched_s
-        return s
+    @property
+    def name(self) -> str:
+        return self.mode
 
     def generator_terms(self, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """``(L_G, terms)`` on a fresh ``x = G(y, eps)``; ``terms`` holds ``x`` and the three batch-mean terms."""
@@ -266,45 +192,20 @@ class AVKD:
         loss = self.w_prior * prior - self.w_recon * recon - self.w_adv * adv
         return loss, {"x": x, "prior": prior, "recon": recon, "adv": adv}
 
-    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``n`` generated inputs (``y`` uniform unless given), without gradient."""
-        with torch.no_grad():
-            y = _labels(n, self.num_classes) if y is None else y
-            return self.generator(y)
+    def generator_loss(self) -> dict:
+        y = _labels(self.batch, self.num_classes)
+        loss, terms = self.generator_terms(y)
+        self._last = (terms["x"].detach(), y)
+        return {"loss": loss, "prior": terms["prior"].detach(), "recon": terms["recon"].detach(),
+                "adv": terms["adv"].detach()}
 
-    def step(self, args, step: int) -> dict:
-        m = self.batch
-        # generator (Eq. 3.16)
-        y = _labels(m, self.num_classes)
-        loss_g, terms = self.generator_terms(y)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
-        out = {"g_loss": loss_g.detach(), "g_prior": terms["prior"].detach(), "g_recon": terms["recon"].detach(),
-               "g_adv": terms["adv"].detach()}
-        # discriminator (Eq. 3.17)
+    def discriminator_loss(self) -> dict:
+        x, y = self._last
+        idx = torch.randint(0, len(self.prior), (self.batch,))
+        return {"loss": discriminator_loss(self.disc, x, y, self.prior[idx], _labels(self.batch, self.num_classes))}
+
+    def players(self) -> dict:
+        p = super().players()
         if self.disc is not None:
-            idx = torch.randint(0, len(self.prior), (m,))
-            loss_d = discriminator_loss(self.disc, terms["x"].detach(), y, self.prior[idx], _labels(m, self.num_classes))
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_d.step()
-            out["d_loss"] = loss_d.detach()
-        # n student steps (Eq. 3.18): vanilla KD on generated inputs
-        kd = 0.0
-        for _ in range(self.n_student):
-            kd += kd_update(self.teacher, self.student, self.sample(m), self.opt_s, self.temperature)
-            if self.sched_s is not None:
-                self.sched_s.step()
-        out["s_kd"] = kd / max(1, self.n_student)
-        return out
-
-    def fit(self, steps: int, *, checkpoint: str | os.PathLike | None = None, seed: int | None = 0,
-            progress: bool = True, callback=None, cosine: bool = True) -> dict[str, list]:
-        """Run ``steps`` iterations of Algorithm 1 with :func:`dgmkd.train`; returns the history."""
-        self.student.train()
-        self.generator.train()
-        if cosine and self.sched_s is None:
-            self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_s, max(1, steps * self.n_student))
-        return train(self.step, self.batch, steps, state=self.state(), checkpoint=checkpoint, seed=seed,
-                     progress=progress, desc=self.mode, callback=callback)
+            p["discriminator"] = (self.discriminator_loss, self.disc, self.lr_d)
+        return p

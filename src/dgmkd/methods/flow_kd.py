@@ -5,7 +5,7 @@ The loss of their Eq. (15) is ``L = l0 * NLL_s(x) + l1 * (I)LKD(t, s, x) + l2 * 
 * LKD (Eq. 12): ``d(t(x), s(x))`` — the final latents on data;
 * ILKD (Eq. 13): ``sum_i d(t_i(x), s_i(x))`` over matched intermediate states (and the final
   latent, "just another intermediate step");
-* SKD (Eq. 14): ``d(t^-1(z), s^-1(z))`` for prior samples ``z ~ N(0, T^2 I)``.
+* SKD (Eq. 14): ``d(t.from_noise(z), s.from_noise(z))`` for prior samples ``z ~ N(0, T^2 I)``.
 
 In the unified vocabulary (Chen et al. 2023; DESIGN.md §1) a flow is a DGM with one noise and a
 degenerate target. :class:`FlowSites` writes a flow that way:
@@ -15,7 +15,7 @@ degenerate target. :class:`FlowSites` writes a flow that way:
   L1 distance: ``losses.latent(c, "l1", sites=...)``;
 * for generation the prior draw is a **latent site** ``prior ~ N(0, T^2 I)`` whose auxiliary
   noise ``eps`` is shared between teacher and student by :func:`dgmkd.couple`, and the generated
-  sample ``t^-1(T eps)`` is a **target** with a point-mass distribution (:class:`dgmkd.Delta`), so
+  sample ``t.from_noise(T eps)`` is a **target** with a point-mass distribution (:class:`dgmkd.Delta`), so
   SKD is the *surrogate loss* with the L1 distance: ``losses.surrogate(c, "l1")``. For a
   multi-scale Glow the flat latent holds every split latent, so all of them are shared (the
   reference code shares only the top one).
@@ -53,8 +53,10 @@ from .. import losses
 from ..coupling import Coupling
 from ..coupling import couple as _couple
 from ..delta import Delta
+from ..models.autoregressive import standard_normal_log_prob
 from ..sites import deterministic, latent, target
-from ..train import train
+from ..train import fit as _fit
+from ..train import minibatches
 
 __all__ = ["WEIGHTS", "state_map", "FlowSites", "couple", "flow_kd_loss", "fit", "evaluate_nll",
            "lkd_sites", "ilkd_sites"]
@@ -115,12 +117,12 @@ class FlowSites(nn.Module):
             for j, i in enumerate(self.steps):
                 deterministic(f"state/{j}", states[i])
             deterministic("z", z)
-            out["log_prob"] = -0.5 * (z.flatten(1) ** 2 + math.log(2 * math.pi)).sum(1) + ladj
+            out["log_prob"] = standard_normal_log_prob(z) + ladj
         if n_prior:
             p = next(self.flow.parameters())
             loc = torch.zeros(n_prior, self.flow.dim, device=p.device, dtype=p.dtype)
             zp = latent("prior", Independent(Normal(loc, temperature), 1))
-            xs = self.flow.inverse(zp)
+            xs = self.flow.from_noise(zp)
             target("x_synth", Delta(xs, event_dim=xs.dim() - 1))
             out["x_synth"] = xs
         return out
@@ -188,14 +190,12 @@ def fit(flow: nn.Module, x_train: torch.Tensor, steps: int, *, teacher: nn.Modul
         checkpoint=None, desc: str = "flow") -> dict:
     """Train ``flow`` by its NLL (no ``teacher``) or by Eq. (15) with ``method`` in
     ``student`` / ``lkd`` / ``ilkd`` / ``skd`` (weights from :data:`WEIGHTS` unless given), through
-    :func:`dgmkd.train`. AdamW, linear learning-rate warm-up over ``warmup`` steps, gradient-norm
-    clipping. With ``x_val`` the parameters with the best validation NLL (checked every
-    ``eval_every`` steps) are restored at the end. Returns the history plus ``best_val``."""
+    :func:`dgmkd.train.fit`: AdamW, linear learning-rate warm-up over ``warmup`` steps, gradient-norm
+    clipping, minibatches of ``x_train`` (:func:`dgmkd.train.minibatches`). With ``x_val`` the
+    parameters with the best validation NLL (checked every ``eval_every`` steps) are restored at
+    the end. Returns the history plus ``best_val`` and ``best_step``."""
     weights = weights or WEIGHTS[method]
     l1_term = L1_TERM.get(method) or "ilkd"
-    params = [p for p in flow.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     distil = teacher is not None and method != "student"
     if distil:
         teacher.eval()
@@ -203,39 +203,26 @@ def fit(flow: nn.Module, x_train: torch.Tensor, steps: int, *, teacher: nn.Modul
         t_sites = FlowSites(teacher, [a for a, _ in pairs])
         s_sites = FlowSites(flow, [b for _, b in pairs])
     n_prior = prior_batch if distil and weights[2] else 0
-    gen = torch.Generator().manual_seed(seed + 12345)
-    n = len(x_train)
 
-    def batches():
-        return (x_train[torch.randint(n, (min(batch, n),), generator=gen)],)
+    def objective(args, step):
+        (x,) = args
+        if distil:
+            loss, parts = flow_kd_loss(_couple(t_sites, s_sites, x, n_prior, temperature), weights, l1_term)
+            return {"loss": loss, **parts}
+        return -flow.log_prob(x).mean()
 
     best = {"val": math.inf, "state": None, "step": -1}
 
-    def step_fn(args, step):
-        (x,) = args
-        flow.train()
-        if distil:
-            c = _couple(t_sites, s_sites, x, n_prior, temperature)
-            loss, parts = flow_kd_loss(c, weights, l1_term)
-        else:
-            loss = -flow.log_prob(x).mean()
-            parts = {"nll": float(loss.detach())}
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        sched.step()
-        row = {"loss": loss.detach(), **parts}
+    def validate(step, row):
         if x_val is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
             v = evaluate_nll(flow, x_val)
-            row["val_nll"] = v if math.isfinite(v) else 1e30
             if v < best["val"]:
                 best.update(val=v, state=copy.deepcopy(flow.state_dict()), step=step + 1)
-        return row
 
-    hist = train(step_fn, batches, steps, state={"flow": flow, "optimizer": opt, "sched": sched},
-                 checkpoint=checkpoint, seed=seed, progress=progress, desc=desc)
+    hist = _fit(objective, flow, minibatches(x_train, batch=min(batch, len(x_train))), steps, lr=lr,
+                optimizer="adamw", weight_decay=weight_decay, grad_clip=grad_clip,
+                lr_schedule=(lambda s: min(1.0, (s + 1) / warmup)) if warmup else None,
+                checkpoint=checkpoint, seed=seed, progress=progress, desc=desc, callback=validate)
     if best["state"] is not None:
         flow.load_state_dict(best["state"])
     hist["best_val"] = best["val"]

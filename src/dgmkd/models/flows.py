@@ -6,7 +6,8 @@ Every flow here maps data ``x`` to a latent ``z`` with a standard-normal prior a
 * ``forward_states(x) -> (z, ladj, states)``: the flat latent ``(N, D)``, the log-determinant of
   the Jacobian ``log|det dz/dx|`` ``(N,)`` and the list of intermediate states, one per flow step
   (the output of step ``i``), in order;
-* ``inverse(z)``: the generator ``x = f^{-1}(z)``;
+* ``to_noise(x)``: the latent ``z = f(x)`` alone; ``from_noise(z)``: the generator
+  ``x = f^{-1}(z)`` (maps are named by the direction they go, as in the whole library);
 * ``log_prob(x)``, ``sample(n, temperature)``;
 * ``step_groups()``: the number of steps per level (one level for MAF / RealNVP / tabular Glow), so
   that a distillation method can match a teacher's steps to a student's (Walton et al., §3.2).
@@ -30,7 +31,7 @@ Example:
     >>> f = maf(3, steps=2, hidden=8)
     >>> x = torch.randn(4, 3)
     >>> z, ladj, states = f.forward_states(x)
-    >>> len(states), torch.allclose(f.inverse(z), x, atol=1e-4)
+    >>> len(states), torch.allclose(f.from_noise(z), x, atol=1e-4)
     (2, True)
     >>> g = Glow((1, 8, 8), levels=2, steps=2, hidden=8)
     >>> g.log_prob(torch.rand(5, 1, 8, 8) - 0.5).shape
@@ -39,25 +40,18 @@ Example:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .autoregressive import standard_normal_log_prob
+
 __all__ = ["FlowBase", "ZukoFlow", "maf", "realnvp", "Glow", "ActNorm", "InvConv1x1", "AffineCoupling",
-           "squeeze", "unsqueeze", "std_normal_log_prob", "slerp_norm"]
-
-_LOG2PI = math.log(2 * math.pi)
-
-
-def std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """``log N(z; 0, I)`` summed over all but the first dimension."""
-    return -0.5 * (z.flatten(1) ** 2 + _LOG2PI).sum(1)
+           "squeeze", "unsqueeze", "slerp_norm"]
 
 
 class FlowBase(nn.Module):
-    """Shared methods; subclasses define ``dim``, ``forward_states``, ``inverse``, ``step_groups``."""
+    """Shared methods; subclasses define ``dim``, ``forward_states``, ``from_noise``, ``step_groups``."""
 
     dim: int
 
@@ -66,15 +60,16 @@ class FlowBase(nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         z, ladj, _ = self.forward_states(x)
-        return std_normal_log_prob(z) + ladj
+        return standard_normal_log_prob(z) + ladj
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
+    def to_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """``z = f(x)``, the flat latent."""
         return self.forward_states(x)[0]
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         p = next(self.parameters())
-        return self.inverse(temperature * torch.randn(n, self.dim, device=p.device, dtype=p.dtype))
+        return self.from_noise(temperature * torch.randn(n, self.dim, device=p.device, dtype=p.dtype))
 
 
 # ---------------------------------------------------------------- zuko MAF / RealNVP
@@ -107,7 +102,7 @@ class ZukoFlow(FlowBase):
             states.append(x)
         return x, ladj, states
 
-    def inverse(self, z):
+    def from_noise(self, z):
         for t in reversed(self._steps()):
             z = t.inv(z)
         return z
@@ -321,7 +316,7 @@ class Glow(FlowBase):
         zs.append(h)
         return torch.cat([z.flatten(1) for z in zs], 1), ladj, states
 
-    def inverse(self, z):
+    def from_noise(self, z):
         pieces, i = [], 0
         for s in self.z_shapes:
             k = s[0] * s[1] * s[2]
