@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dgmkd.data.faithful import load_faithful, split_faithful
-from dgmkd.data.iam import IAMFormatError, load_iam, read_strokes, strokes_to_lines
+from dgmkd.data.iam import IAMFormatError, iam_split, load_iam, read_strokes, strokes_to_lines
 
 
 def test_faithful_matches_its_known_summary():
@@ -101,3 +101,46 @@ def test_iam_reader_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no \\*.xml"):
         load_iam(empty)
+
+
+def _iam_lines(root, n=6, points=25):
+    """``LINE`` plus ``n - 1`` lines of three wavy strokes each, as IAM-OnDB lineStrokes files."""
+    d = root / "lineStrokes" / "a01" / "a01-000"
+    d.mkdir(parents=True)
+    (d / "a01-000u-00.xml").write_text(LINE)
+    for k in range(1, n):
+        strokes = "".join("<Stroke>" + "".join(f'<Point x="{100 * s + 7 * i}" y="{int(30 * np.sin(i / (k + 1)))}" '
+                                               f'time="{i}"/>' for i in range(points // 3)) + "</Stroke>"
+                          for s in range(3))
+        (d / f"a01-000u-{k:02d}.xml").write_text(f"<WhiteboardCaptureSession><StrokeSet>{strokes}</StrokeSet>"
+                                                 "</WhiteboardCaptureSession>")
+    return root / "lineStrokes"
+
+
+def test_iam_split_by_file_fixed_length_train_scale(tmp_path):
+    root = _iam_lines(tmp_path)
+    d = iam_split(root, seq_len=5, test_fraction=0.2, generator=torch.Generator().manual_seed(0))
+    assert d["x"].shape[1:] == (5, 3) and d["x_test"].shape[1:] == (5, 3)
+    # 6 files -> 1 test file; LINE gives one window of 5, each wavy line (24 points) four
+    assert len(d["x"]) + len(d["x_test"]) == 1 + 5 * 4 and len(d["x_test"]) in (1, 4)
+    assert abs(float(d["x"][..., 1:].std()) - 1.0) < 0.1  # offsets scaled by the training windows' std
+    assert torch.equal(iam_split(root, 5, generator=torch.Generator().manual_seed(0))["x"], d["x"])
+    with pytest.raises(ValueError, match="test_fraction"):
+        iam_split(root, 5, test_fraction=1.0)
+
+
+def test_vrnn_compress_runs_on_iam_strokes(tmp_path):
+    from dgmkd.cli import main
+    from dgmkd.experiments import get
+
+    root, out = _iam_lines(tmp_path), tmp_path / "run"
+    sets = {**get("vrnn-compress").TEST, "dataset": "iam", "data_root": str(root), "seq_len": 5}
+    args = ["run", "vrnn-compress", "--quick", "--quiet", "--out", str(out)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"]
+    assert main(args) == 0
+    text = (out / "report.md").read_text()
+    assert "IAM-OnDB" in text and "flattened 5x3 windows" in text
+    (out / "report.md").unlink()
+    assert main(["report", str(out), "--out", str(tmp_path / "cmp.md")]) == 0
+    assert (out / "report.md").read_text() == text

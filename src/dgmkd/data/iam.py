@@ -3,7 +3,8 @@
 The VRNN experiment of Chen et al. 2023 (§3.6, §4.3, Fig. 8) uses IAM-OnDB (Liwicki & Bunke,
 ICDAR 2005). The data set needs a registration and cannot be shipped or downloaded here, so the
 library's embedded default for the VRNN is MNIST-1D (:mod:`dgmkd.data.mnist1d`); this module reads
-the real files when a user has them (``lineStrokes/**/*.xml``).
+the real files when a user has them (``lineStrokes/**/*.xml``), and :func:`iam_split` gives the
+fixed-length train/test sequences of ``dgmkd run vrnn-compress --set dataset=iam --set data_root=DIR``.
 
 Each file is a ``WhiteboardCaptureSession`` whose ``StrokeSet`` holds ``Stroke`` elements of
 ``Point x= y= time=`` children. Following Graves (2013) and Chung et al. (2015, VRNN), a line is
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["read_strokes", "load_iam", "IAMFormatError", "strokes_to_lines"]
+__all__ = ["read_strokes", "load_iam", "iam_split", "IAMFormatError", "strokes_to_lines"]
 
 
 class IAMFormatError(ValueError):
@@ -74,23 +75,17 @@ def read_strokes(path: str | Path) -> np.ndarray:
     return np.concatenate([np.asarray(pen)[:, None], d], 1).astype(np.float32)
 
 
-def load_iam(root: str | Path, max_len: int = 300, min_len: int = 10, scale: float | None = None,
-             limit: int | None = None):
-    """Read every ``*.xml`` under ``root`` (recursively, sorted) into a padded tensor.
-
-    Sequences are cut into windows of at most ``max_len`` points (longer lines give several; pieces
-    shorter than ``min_len`` are dropped). Offsets are divided by ``scale`` (default: their standard
-    deviation over all files, the usual normalization). Returns ``(x, lengths, scale)`` with ``x`` of
-    shape ``(N, max_len, 3)`` zero-padded, ``lengths`` ``(N,)``.
-    """
+def _stroke_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"IAM-OnDB directory {str(root)!r} does not exist (expected lineStrokes/)")
     files = sorted(root.rglob("*.xml"))
-    if limit is not None:
-        files = files[:limit]
     if not files:
         raise FileNotFoundError(f"no *.xml stroke files under {str(root)!r}")
+    return files
+
+
+def _windows(files: list[Path], max_len: int, min_len: int, scale: float | None, where: str):
     if max_len < min_len or min_len < 1:
         raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     pieces = []
@@ -102,7 +97,7 @@ def load_iam(root: str | Path, max_len: int = 300, min_len: int = 10, scale: flo
                 w[0, 1:] = 0.0  # each window starts at its own origin
                 pieces.append(w)
     if not pieces:
-        raise ValueError(f"no stroke sequence under {str(root)!r} has at least {min_len} points")
+        raise ValueError(f"no stroke sequence {where} has at least {min_len} points")
     if scale is None:
         offs = np.concatenate([p[:, 1:] for p in pieces])
         scale = float(offs.std()) or 1.0
@@ -114,6 +109,42 @@ def load_iam(root: str | Path, max_len: int = 300, min_len: int = 10, scale: flo
         x[i, :len(p)] = torch.from_numpy(p)
         lengths[i] = len(p)
     return x, lengths, scale
+
+
+def load_iam(root: str | Path, max_len: int = 300, min_len: int = 10, scale: float | None = None,
+             limit: int | None = None):
+    """Read every ``*.xml`` under ``root`` (recursively, sorted) into a padded tensor.
+
+    Sequences are cut into windows of at most ``max_len`` points (longer lines give several; pieces
+    shorter than ``min_len`` are dropped). Offsets are divided by ``scale`` (default: their standard
+    deviation over all files, the usual normalization). Returns ``(x, lengths, scale)`` with ``x`` of
+    shape ``(N, max_len, 3)`` zero-padded, ``lengths`` ``(N,)``.
+    """
+    files = _stroke_files(root)[:limit]
+    return _windows(files, max_len, min_len, scale, f"under {str(root)!r}")
+
+
+def iam_split(root: str | Path, seq_len: int, test_fraction: float = 0.2,
+              generator: torch.Generator | None = None) -> dict:
+    """Fixed-length IAM-OnDB sequences split into train and test *by line file*.
+
+    Every line is cut into windows of exactly ``seq_len`` points (the shorter last piece of a line
+    is dropped, so no padding or mask is needed). A random ``test_fraction`` of the files (at least
+    one, and at least one left for training) gives the test windows, so windows of one line never
+    straddle the split. Offsets are scaled by the training windows' standard deviation. Returns
+    ``{"x", "x_test"}`` of shape ``(N, seq_len, 3)`` (rows ``[pen_up, dx, dy]``) and ``"scale"``.
+    """
+    files = _stroke_files(root)
+    if len(files) < 2:
+        raise ValueError(f"a train/test split needs at least 2 stroke files under {str(root)!r}, found {len(files)}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    perm = torch.randperm(len(files), generator=generator).tolist()
+    n_test = min(len(files) - 1, max(1, round(test_fraction * len(files))))
+    test, train = sorted(files[i] for i in perm[:n_test]), sorted(files[i] for i in perm[n_test:])
+    x, _, scale = _windows(train, seq_len, seq_len, None, f"in the {len(train)} training files")
+    x_test, _, _ = _windows(test, seq_len, seq_len, scale, f"in the {len(test)} test files")
+    return {"x": x, "x_test": x_test, "scale": scale}
 
 
 def strokes_to_lines(seq: np.ndarray | torch.Tensor) -> list[np.ndarray]:

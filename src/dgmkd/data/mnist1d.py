@@ -3,8 +3,8 @@
 The embedded default data for the VRNN experiment (:mod:`dgmkd.experiments.vrnn_compress`): the
 paper's VRNN data set, IAM-OnDB (Chen et al. 2023, §4.3), needs a registration, so the library
 uses MNIST-1D — 10 classes of 1-d signals of length 40, generated procedurally from 10 templates by
-random padding, translation, shear, scaling and correlated noise — and keeps a reader for the real
-IAM files in :mod:`dgmkd.data.iam`. ``make_dataset`` is deterministic for a given seed and never
+random padding, translation, shear, scaling and correlated noise; users with the real IAM files
+read them with :mod:`dgmkd.data.iam` (``--set dataset=iam``). ``make_dataset`` is deterministic for a given seed and never
 downloads (only its optional ``get_dataset`` reads a URL; we do not call it).
 
 Example:

@@ -20,7 +20,7 @@ two machines can be estimated with exact densities (no variational bound).
 
 Training is by wake-sleep (Hinton et al. 1995) or reweighted wake-sleep (Bornschein & Bengio
 2015) with a :class:`HelmholtzRecognition` network; :func:`wake_sleep_loss` gives the losses of
-one step, to be run by :func:`dgmkd.train`.
+one step, to be minimized by :func:`dgmkd.train.fit`.
 
 Example:
     >>> import torch

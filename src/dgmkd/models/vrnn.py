@@ -39,7 +39,7 @@ from torch.distributions import Bernoulli, Independent, Normal
 
 from ..sites import latent, target
 
-__all__ = ["VRNN"]
+__all__ = ["VRNN", "SeqCNN"]
 
 
 def _mlp(d_in, hidden, d_out):
@@ -163,3 +163,23 @@ class VRNN(nn.Module):
             lw = self.log_weights(x[i:i + batch], k, m)
             out.append(-(torch.logsumexp(lw, 0) - math.log(k)))
         return torch.cat(out)
+
+
+class SeqCNN(nn.Module):
+    """A small 1-d CNN classifier of ``(n, T)`` / ``(n, T, 1)`` sequences; :meth:`features` is its
+    ``feat``-d penultimate layer (the feature space in which VRNN samples are compared)."""
+
+    def __init__(self, seq_len: int = 40, n_classes: int = 10, width: int = 32, feat: int = 64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv1d(1, width, 5, padding=2), nn.ReLU(),
+            nn.Conv1d(width, width, 5, stride=2, padding=2), nn.ReLU(),
+            nn.Conv1d(width, width, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+            nn.Linear(width * math.ceil(math.ceil(seq_len / 2) / 2), feat), nn.ReLU())
+        self.head = nn.Linear(feat, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.reshape(x.shape[0], 1, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
