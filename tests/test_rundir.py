@@ -95,7 +95,6 @@ def test_config_files_bool_for_int_and_yaml_are_refused(tmp_path, capsys):
     assert "YAML" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-@pytest.mark.xfail(reason="the demo's report reads through the harness's checked readers once ported", strict=False)
 def test_report_of_damaged_data_names_the_file_and_keeps_the_report(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["run", "demo", *DEMO, "--out", str(out)]) == 0
