@@ -224,7 +224,7 @@ class _FeatureMetrics:
     the number of classes holding >= 5 % of the samples)."""
 
     def __init__(self, pix_ref, pix_data):
-        from ..metrics.features import digits_feature_net
+        from ..feature_net import digits_feature_net
 
         self.net = digits_feature_net()
         self.ref, self.data = pixels_to_images(pix_ref), pixels_to_images(pix_data)

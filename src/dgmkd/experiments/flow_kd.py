@@ -218,7 +218,8 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
 
 def run_images(cfg: Config, out: Path) -> None:
     from ..data.digits import digits_split
-    from ..metrics import digits_feature_net, frechet_distance
+    from ..feature_net import digits_feature_net
+    from ..metrics import frechet_distance
 
     xtr, _ = digits_split("train")
     xte, _ = digits_split("test")
