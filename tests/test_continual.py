@@ -11,7 +11,8 @@ from dgmkd import losses
 from dgmkd.data import digits_split
 from dgmkd.data.splits import SPLITS, attribute_split, continual_split, ink_threshold
 from dgmkd.methods.continual import METHODS, consistency, pre_loss, train_continual
-from dgmkd.models.cond_hvae import CondLadderVAE, train_cond_elbo
+from dgmkd.models.cond_hvae import CondLadderVAE
+from dgmkd.train import fit, minibatches
 
 SITES = ["z5", "z4", "z3", "z2", "z1"]
 
@@ -49,11 +50,11 @@ def test_condition_enters_every_block():
     oh0, oh1 = (m.onehot(c, 4, torch.zeros(1)) for c in (0, 1))
     with torch.no_grad():
         m.top_prior.weight.normal_()
-    p0, p1 = m._prior_c(2, None, oh0), m._prior_c(2, None, oh1)
+    p0, p1 = m._prior(2, None, oh0, 4, oh0), m._prior(2, None, oh1, 4, oh1)
     assert not torch.allclose(p0.loc, p1.loc)  # learned top prior depends on c
     z = torch.randn(4, 4)
-    assert not torch.allclose(m._prior_c(0, z, oh0).loc, m._prior_c(0, z, oh1).loc)
-    assert not torch.allclose(m._prior_c(1, z[:, :2], oh0).loc, m._prior_c(1, z[:, :2], oh1).loc)
+    assert not torch.allclose(m._prior(0, z, oh0, 4, z).loc, m._prior(0, z, oh1, 4, z).loc)
+    assert not torch.allclose(m._prior(1, z[:, :2], oh0, 4, z).loc, m._prior(1, z[:, :2], oh1, 4, z).loc)
     z1 = torch.randn(4, 6)
     assert not torch.allclose(m.decoder(torch.cat([z1, oh0], -1)), m.decoder(torch.cat([z1, oh1], -1)))
     x = torch.rand(4, 1, 8, 8)
@@ -109,7 +110,7 @@ def test_r_one_is_plain_elbo_training(method):
     x = torch.rand(40, 1, 8, 8)
     a, b = copy.deepcopy(old), copy.deepcopy(old)
     h = train_continual(old, a, x, method, 4, r=1.0, batch=8, seed=5, progress=False)
-    train_cond_elbo(b, x, 4, c=1, batch=8, seed=5, progress=False)
+    fit(lambda a_, step: b.loss(a_[0], 1.0, 1), b, minibatches(x, batch=8), 4, seed=5, progress=False)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     assert h["l_pre"] == [0.0] * 4
@@ -171,55 +172,84 @@ def test_attribute_split():
 
 
 # ------------------------------------------------------------------------------- the experiment
-def test_experiment_smoke_and_report_rebuild(tmp_path):
-    from dgmkd import config as cfgmod, report as reportmod
+def _run(tmp_path, name="run", **sets):
+    from dgmkd import config as cfgmod
     from dgmkd.experiments import continual as exp
 
-    cfg = cfgmod.override(exp.Config(), {"splits": ("even>odd",), "seeds": (0,), "width": 4, "old_steps": 6,
-                                         "warmup": 2, "new_steps": 3, "batch": 16,
-                                         "methods": ("unified", "curl", "finetune"), "progress": False})
-    dgmkd.rundir.write_json(tmp_path / "config.json", {"experiment": "continual", **cfgmod.to_dict(cfg)})
-    res = exp.run(cfg, tmp_path)
-    assert [r["method"] for r in res["rows"]] == ["M_old", "unified", "curl", "finetune"]
-    assert (tmp_path / "samples_even_to_odd.png").is_file()
-    text = (tmp_path / "report.md").read_text()
-    assert "| even>odd | unified |" in text and "Goal" in text
-    (tmp_path / "report.md").unlink()
-    assert reportmod.rebuild(tmp_path) == text
-    with pytest.raises(ValueError, match="unknown methods"):
-        exp.run(cfgmod.override(exp.Config(), {"methods": ("nope",)}), tmp_path)
+    cfg = cfgmod.override(exp.Config(), {**exp.TEST, "progress": False, **sets})
+    out = tmp_path / name
+    dgmkd.harness.write_json(out / "config.json", {"experiment": "continual", **cfgmod.to_dict(cfg)})
+    exp.run(cfg, out)
+    return out
 
 
-def test_compare_tabulates_the_tradeoff_over_r(tmp_path):
-    # two runs that differ in r; the cross-run table holds each (split, method, r) with the means
-    # over seeds of the Old change and the New value, and the plot is written next to the output
+def test_experiment_chooses_r_on_validation_images_and_rebuilds_its_report(tmp_path):
     from dgmkd import report as reportmod
-    from dgmkd.experiments.continual import METRICS
 
-    def write_run(d, r, fd_new):
-        rows = []
-        for seed, bump in ((0, 0.0), (1, 2.0)):
-            base = {"split": "even>odd", "seed": seed, "r": r, "n_old": 10, "n_new": 10}
-            rows.append({**base, "method": "M_old", **{f"old_{k}": 1.0 for k, _ in METRICS},
-                         **{f"new_{k}": float("nan") for k, _ in METRICS}, **{f"dold_{k}": 0.0 for k, _ in METRICS}})
-            for m, dfd in (("unified", 1.0), ("curl", 5.0)):
-                rows.append({**base, "method": m, **{f"old_{k}": 1.0 + dfd for k, _ in METRICS},
-                             **{f"new_{k}": fd_new[m] + bump for k, _ in METRICS},
-                             **{f"dold_{k}": dfd + bump for k, _ in METRICS}})
-        dgmkd.rundir.write_csv(d / "results.csv", rows)
-        dgmkd.rundir.write_json(d / "config.json", {"experiment": "continual", "r": r})
+    out = _run(tmp_path)
+    rows = dgmkd.harness.read_csv(out / "results.csv")
+    share = rows[0]["share"]
+    assert [(r["method"], r["r"]) for r in rows if r["seed"] == 0] == [
+        ("M_old", None), ("unified", share), ("curl", share), ("unified", 0.9), ("curl", 0.9), ("finetune", 1.0)]
+    for r in [r for r in rows if r["method"] != "M_old"]:  # both splits scored, the change measured against the seed's M_old
+        base = next(b for b in rows if b["method"] == "M_old" and b["seed"] == r["seed"])
+        assert r["test_dold_fd"] == pytest.approx(r["test_old_fd"] - base["test_old_fd"])
+        assert r["val_new_fd"] is not None and r["test_new_fd"] is not None
+    # the val split is cut from the training images; the test images are the digits' test split
+    (xo, xn), (to, tn) = continual_split("even>odd", "train"), continual_split("even>odd", "test")
+    assert rows[0]["n_old"] + rows[0]["n_new"] < len(xo[0]) + len(xn[0])
+    text = (out / "report.md").read_text()
+    assert "| even>odd | unified |" in text and "chosen" in text and "Goal" not in text and "MET" not in text
+    assert (out / "samples_even_to_odd_r0.9_new.png").is_file()
+    (out / "report.md").unlink()
+    assert reportmod.rebuild(out) == text
 
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
-    write_run(a, 0.5, {"unified": 30.0, "curl": 20.0})
-    write_run(b, 0.9, {"unified": 22.0, "curl": 19.0})
+
+def test_the_chosen_r_minimizes_the_validation_criterion_not_the_test_one():
+    from dgmkd.experiments.continual import METRICS, _select
+
+    def row(r, seed, val, test):
+        vals = {f"{p}_{w}_{k}": v for p, v in (("val", val), ("test", test)) for w in ("old", "new", "dold")
+                for k, _ in METRICS}
+        return {"split": "s", "method": "unified", "seed": seed, "r": r, **vals}
+
+    rows = [row(0.5, 0, 1.0, 9.0), row(0.5, 1, 1.2, 9.0), row(0.9, 0, 2.0, 0.0), row(0.9, 1, 2.2, 0.0)]
+    sweep, chosen, _ = _select(rows)
+    assert len(sweep) == 2 and [s["r"] for s in chosen] == [0.5]
+    assert chosen[0]["criterion"] == pytest.approx(2.2) and chosen[0]["test_new_fd_mean"] == 9.0
+
+
+def test_compare_pools_runs_and_chooses_r_on_validation(tmp_path):
+    from dgmkd import report as reportmod
+
+    a = _run(tmp_path, "a", r_grid="", r=0.6, methods="unified,finetune")
+    b = _run(tmp_path, "b", r_grid="", r=0.9, methods="unified,finetune")
     text = reportmod.compare([a, b], out=tmp_path / "cmp" / "cmp.md")
-    assert "| even>odd | unified | 0.5 | 2 | +2.000 | 31.00 |" in text  # means of seeds 0 and 1
-    assert "| even>odd | curl | 0.9 | 2 | +6.000 | 20.00 |" in text
+    assert "Runs pooled" in text and "| even>odd | unified | 0.6 |" in text and "| even>odd | unified | 0.9 |" in text
+    pooled = text.split(f"## {a}")[0]  # before each run's own report
+    assert pooled.count("| even>odd | finetune | 1 |") == 2  # in the test table and the sweep, not once per run
     assert (tmp_path / "cmp" / "tradeoff.png").is_file()
     (tmp_path / "cmp" / "tradeoff.png").unlink()
     assert "![trade-off]" not in reportmod.compare([a, b])  # without out: the table, no plot
     assert not list(tmp_path.rglob("tradeoff.png"))
+
+
+@pytest.mark.slow
+def test_unified_forgets_the_old_digits_least():
+    """docs/continual.md: on a label split, unified distillation from M_old degrades the old
+    condition least of the paper's four methods (FD and MMD² Old change, test images)."""
+    import tempfile
+
+    from pathlib import Path
+
+    from dgmkd.cli import main
+
+    out = Path(tempfile.mkdtemp()) / "run"
+    assert main(["run", "continual", "--quick", "--quiet", "--out", str(out), "--set", "methods=unified,local,lgm,curl",
+                 "--set", "old_steps=800", "--set", "new_steps=250"]) == 0
+    rows = [r for r in dgmkd.harness.read_csv(out / "results.csv") if r["method"] != "M_old"]
+    for k in ("fd", "mmd2"):
+        assert min(rows, key=lambda r: r[f"test_dold_{k}"])["method"] == "unified", k
 
 
 # ------------------------------------------------------------------------------- CelebA (your files)
@@ -227,26 +257,25 @@ CELEBA_NAMES = ["Eyeglasses", "Male", "No_Beard", "Smiling"]
 
 
 def _celeba_fixture(root):
-    """10 train faces (4 Male, 3 with a beard, 2 with eyeglasses) and 4 test faces (2 Male)."""
+    """10 train faces (4 Male, 3 with a beard, 2 with eyeglasses), 4 validation and 4 test faces (2 Male each)."""
     from datafiles import write_celeba
 
-    male = [1, 1, 1, 1, -1, -1, -1, -1, -1, -1] + [1, -1, 1, -1]
-    no_beard = [-1, -1, -1, 1, 1, 1, 1, 1, 1, 1] + [-1, 1, 1, 1]
-    glasses = [1, -1, -1, -1, 1, -1, -1, -1, -1, -1] + [1, -1, 1, -1]
+    male = [1, 1, 1, 1, -1, -1, -1, -1, -1, -1] + [1, -1, 1, -1] * 2
+    no_beard = [-1, -1, -1, 1, 1, 1, 1, 1, 1, 1] + [-1, 1, 1, 1] * 2
+    glasses = [1, -1, -1, -1, 1, -1, -1, -1, -1, -1] + [1, -1, 1, -1] * 2
     attrs = [[g, m, b, 1] for g, m, b in zip(glasses, male, no_beard)]
-    write_celeba(root, n=14, partition=[0] * 10 + [2] * 4, names=CELEBA_NAMES, attrs=attrs, shape=(40, 32))
+    write_celeba(root, n=18, partition=[0] * 10 + [1] * 4 + [2] * 4, names=CELEBA_NAMES, attrs=attrs, shape=(40, 32))
     return {"Female>Male": (6, 4), "No_Beard>Beard": (7, 3), "No_Eyeglasses>Eyeglasses": (8, 2)}
 
 
 def test_experiment_on_celeba_files(tmp_path, monkeypatch):
     """End to end on a tiny CelebA folder: the parts are the attribute's, the model and the feature
     network (hvae-compress's, trained on the training faces) are 3-channel 16x16, metrics finite."""
-    import csv
     import math
 
     from dgmkd import config as cfgmod
     from dgmkd.experiments import continual as exp
-    from dgmkd.metrics import features as F
+    from dgmkd import feature_net as F
 
     counts = _celeba_fixture(tmp_path / "celeba")
     train_feature_net, seen = F.train_feature_net, {}
@@ -262,20 +291,18 @@ def test_experiment_on_celeba_files(tmp_path, monkeypatch):
                                          "image_size": "16", "splits": "Female>Male", "seeds": "0", "width": 2,
                                          "latent_dims": "4,2", "old_steps": 2, "warmup": 1, "new_steps": 2,
                                          "batch": 4, "methods": "unified,curl", "grid": 2, "progress": False})
-    dgmkd.rundir.write_json(out / "config.json", {"experiment": "continual", **cfgmod.to_dict(cfg)})
+    dgmkd.harness.write_json(out / "config.json", {"experiment": "continual", **cfgmod.to_dict(cfg)})
     exp.run(cfg, out)
     assert seen["x"] == (10, 3, 16, 16) and seen["y"] == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]  # Male labels
-    assert (out / "feature_cnn.pt").is_file() and (out / "samples_Female_to_Male.png").is_file()
-    with open(out / "results.csv") as f:
-        rows = list(csv.DictReader(f))
+    assert (out / "feature_cnn.pt").is_file() and (out / "samples_Female_to_Male_new.png").is_file()
+    rows = dgmkd.harness.read_csv(out / "results.csv")
     assert [r["method"] for r in rows] == ["M_old", "unified", "curl"]
     for r in rows:
-        assert (int(r["n_old"]), int(r["n_new"])) == counts["Female>Male"]
-        assert float(r["r"]) == pytest.approx(0.4)
-        keys = [f"old_{k}" for k, _ in exp.METRICS]
-        keys += [f"new_{k}" for k, _ in exp.METRICS] if r["method"] != "M_old" else []
-        assert all(math.isfinite(float(r[k])) for k in keys), r
-    state = torch.load(out / "models" / "new_Female_to_Male_unified_seed0.pt", weights_only=True)
+        assert (r["n_old"], r["n_new"]) == counts["Female>Male"] and r["share"] == pytest.approx(0.4)
+        keys = [f"{p}_{c}_{k}" for p in ("val", "test") for c in ("old", "new")[:1 + (r["method"] != "M_old")]
+                for k, _ in exp.METRICS]
+        assert all(math.isfinite(r[k]) for k in keys), r
+    state = torch.load(out / "models" / "new_Female_to_Male_unified_r0.4_seed0.pt", weights_only=True)
     CondLadderVAE(image_size=16, channels=3, width=2, latent_dims=(4, 2)).load_state_dict(state)  # 3x16x16 model
     assert "CelebA attribute splits" in (out / "report.md").read_text()
     # the other two splits divide the faces by their attribute as well
@@ -308,7 +335,7 @@ def test_config_errors_name_the_key_and_the_choices(tmp_path):
     assert msg.startswith("data_root:") and "list_attr_celeba.txt" in msg
     assert err({"dataset": "celeba", "splits": "Female>Male", "data_root": root + "/nope"}).startswith("data_root:")
     msg = err({"dataset": "mnist"})
-    assert msg.startswith("dataset:") and "digits, celeba" in msg
+    assert msg.startswith("dataset:") and "digits, mnist-idx, celeba" in msg
     msg = err({"dataset": "celeba", "splits": "Female>Male", "data_root": root, "image_size": 48})
     assert msg.startswith("image_size:") and "8, 16, 32, 64" in msg
     assert err({"image_size": 16}).startswith("image_size:")

@@ -9,7 +9,8 @@ from torch.distributions import Normal
 
 import dgmkd
 from dgmkd import losses
-from dgmkd.models.hvae import LadderVAE, iw_nll, train_elbo
+from dgmkd.models.hvae import LadderVAE, iw_nll, kl_weight
+from dgmkd.train import fit, minibatches
 
 SITES = ["z5", "z4", "z3", "z2", "z1"]
 
@@ -44,6 +45,8 @@ def test_bad_arguments_are_reported():
         m(0)
     with pytest.raises(ValueError, match="k must be"):
         iw_nll(m, torch.rand(2, 1, 8, 8), k=0)
+    with pytest.raises(ValueError, match="no conditions"):
+        m(2, 1)
 
 
 def test_precision_weighted_merge_is_the_normalized_product_of_gaussians():
@@ -119,13 +122,32 @@ def test_bernoulli_likelihood():
     assert ((s > 0) & (s < 1)).all()  # Bernoulli means
 
 
-def test_train_elbo_and_distill_reduce_their_losses():
+def _tiny_run(tmp_path, monkeypatch, **sets):
+    """``hvae-compress`` with a random feature CNN (no cached digits CNN needed), through the CLI's
+    config handling; returns the run directory."""
+    from dgmkd import config as cfgmod
+    from dgmkd.experiments import hvae_compress as H
+    from dgmkd.metrics import FeatureCNN
+
+    def feature_net(dataset, x, y, path):
+        return FeatureCNN(x.shape[1] if x is not None else 1, x.shape[-1] if x is not None else 8, 10, 8).eval(), "random-CNN"
+
+    monkeypatch.setattr(H, "data_feature_net", feature_net)
+    cfg = cfgmod.override(H.Config(), {**H.TEST, "progress": False, **sets})
+    out = tmp_path / "run"
+    dgmkd.harness.write_json(out / "config.json", {"experiment": "hvae-compress", **cfgmod.to_dict(cfg)})
+    H.run(cfg, out)
+    return out
+
+
+def test_kl_warmup_and_elbo_training_and_distillation_reduce_their_losses():
     from dgmkd.data import digits_split
 
+    assert [kl_weight(s, 4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0] and kl_weight(0, 0) == 1.0
     x = digits_split("train")[0][:256]
     torch.manual_seed(0)
     t = LadderVAE(width=4)
-    h = train_elbo(t, x, 40, batch=32, lr=3e-3, warmup=10, progress=False)
+    h = fit(lambda a, step: t.loss(a[0], kl_weight(step, 10)), t, minibatches(x, batch=32), 40, lr=3e-3, progress=False)
     assert sum(h["rec"][-10:]) / 10 > sum(h["rec"][:10]) / 10
     t.eval().requires_grad_(False)
     s = LadderVAE(width=2)
@@ -141,8 +163,8 @@ def test_encoder_distillation_trains_only_the_encoder():
     s = LadderVAE(width=3)
     gen0 = [p.clone() for p in s.generative_parameters()]
     enc0 = [p.clone() for p in s.encoder_parameters()]
-    cfg = H.Config(encoder_steps=5, batch=16)
-    h = H._distill_encoder(t, s, "unified", cfg, seed=0, progress=False)
+    cfg = H.Config(encoder_steps=5, batch=16, progress=False)
+    h = H._distill_encoder(t, s, "unified", cfg, seed=0)
     assert len(h["loss"]) == 5
     assert all(torch.equal(a, b) for a, b in zip(gen0, s.generative_parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(enc0, s.encoder_parameters()))
@@ -159,37 +181,38 @@ def test_student_widths_hit_the_parameter_ratios():
         assert abs(math.log(ratio / r)) < math.log(1.3), (w, r, ratio)
 
 
-def test_experiment_end_to_end_tiny(tmp_path, monkeypatch):
+def test_experiment_end_to_end_tiny_and_report_rebuild(tmp_path, monkeypatch):
+    from dgmkd import config as cfgmod
     from dgmkd.experiments import hvae_compress as H
-    from dgmkd.metrics import FeatureCNN
 
-    torch.manual_seed(0)
-    monkeypatch.setattr(H, "_feature_net", lambda cfg, xtr, ytr, out: (FeatureCNN(1, 8, 10, 8).eval(), "random-CNN"))
-    cfg = H.Config(teacher_width=8, ratios=(4,), teacher_steps=6, warmup=2, student_steps=4, encoder_steps=2,
-                   methods=("unified", "local", "scratch"), seeds=(0, 1), eval_samples=60, nll_k=2, batch=16,
-                   progress=False)
-    res = H.run(cfg, tmp_path)
-    assert len(res["rows"]) == 1 + 2 * 3
-    report = (tmp_path / "report.md").read_text()
-    assert "| teacher | teacher |" in report and "± " in report and "NLL" in report
-    assert (tmp_path / "samples_teacher.png").is_file() and (tmp_path / "samples_4_unified.png").is_file()
-    assert (tmp_path / "results.csv").is_file()
-    with pytest.raises(ValueError, match="unknown methods"):
-        H.run(H.Config(methods=("magic",)), tmp_path)
+    out = _tiny_run(tmp_path, monkeypatch, methods="unified,local,scratch,unified-kl")
+    rows = dgmkd.harness.read_csv(out / "results.csv")
+    assert len(rows) == 1 + 2 * 4 and rows[0]["method"] == "teacher"
+    report = (out / "report.md").read_text()
+    assert "| teacher | teacher |" in report and "± " in report and "NLL" in report and "MET" not in report
+    assert "unified has the lowest mean on" in report and "NLL with the W2 latent term" in report
+    assert (out / "samples_teacher.png").is_file() and (out / "samples_4_unified.png").is_file()
+    assert (out / "models" / "student_4_scratch_seed1.pt").is_file()
+    (out / "report.md").unlink()
+    assert H.report(out) == report
+    with pytest.raises(cfgmod.ConfigError, match="methods"):
+        cfgmod.override(H.Config(), {"methods": "magic"})
+    with pytest.raises(cfgmod.ConfigError, match="data_root"):
+        cfgmod.override(H.Config(), {"dataset": "cifar10"})
 
 
-def test_goal_check_logic():
-    from dgmkd.experiments.hvae_compress import COLS, goal_check
+def test_findings_name_the_winner_and_the_spread():
+    from dgmkd.experiments.hvae_compress import COLS, _findings
 
-    def row(m, v):
-        return {"size": "1/15", "method": m, **{k: v for k, _ in COLS}}
+    def rows(m, v):
+        return [{"size": "1/15", "method": m, **{k: v + d for k, _ in COLS}} for d in (0.0, 0.2)]
 
-    lines, ok = goal_check([row("unified", 1.0), row("local", 2.0), row("scratch", 3.0)])
-    assert ok and "MET" in lines[0]
-    bad = row("unified", 1.0)
-    bad["fd_t"] = 2.5
-    lines, ok = goal_check([bad, row("local", 2.0), row("scratch", 3.0)])
-    assert not ok and "NOT MET" in lines[0]
+    stats = dgmkd.harness.summarize(rows("unified", 1.0) + rows("local", 2.0) + rows("scratch", 3.0),
+                                    by=("size", "method"), metrics=[k for k, _ in COLS])
+    assert _findings(stats) == ["- 1/15: unified has the lowest mean on 4 of 4 -T metrics and 4 of 4 data metrics "
+                                "against local and scratch."]
+    stats[0]["fd_t_mean"] = 2.15  # local: 2.1 ± 0.14; unified is not lower, but inside the spread
+    assert "not on FD-T (local lower, inside the seed spread)" in _findings(stats)[0]
 
 
 def test_experiment_runs_on_svhn_files_at_32x32(tmp_path, monkeypatch):
@@ -197,27 +220,30 @@ def test_experiment_runs_on_svhn_files_at_32x32(tmp_path, monkeypatch):
     import numpy as np
     import scipy.io
 
-    from dgmkd.experiments import hvae_compress as H
-    from dgmkd.metrics import FeatureCNN
-
     rng = np.random.default_rng(0)
     for name, n in (("train_32x32.mat", 40), ("test_32x32.mat", 20)):
         scipy.io.savemat(str(tmp_path / name), {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
                                                 "y": (np.arange(n) % 10 + 1).reshape(-1, 1)})
-    seen = {}
+    out = _tiny_run(tmp_path, monkeypatch, dataset="svhn", data_root=str(tmp_path), teacher_width=4, ratios="2",
+                    teacher_steps=2, warmup=1, student_steps=2, encoder_steps=1, methods="unified,scratch", seeds="0",
+                    eval_samples=20, batch=8, grid=2)
+    rows = dgmkd.harness.read_csv(out / "results.csv")
+    assert len(rows) == 3 and all(math.isfinite(r["fd"]) for r in rows)
+    assert "on svhn" in (out / "report.md").read_text()
 
-    def feature_net(cfg, xtr, ytr, out):
-        seen["shape"] = tuple(xtr.shape)
-        return FeatureCNN(3, 32, 10, 8).eval(), "random-CNN"
 
-    monkeypatch.setattr(H, "_feature_net", feature_net)
-    cfg = H.Config(dataset="svhn", data_root=str(tmp_path), teacher_width=4, ratios=(2,), teacher_steps=2, warmup=1,
-                   student_steps=2, encoder_steps=1, methods=("unified", "scratch"), seeds=(0,), eval_samples=20,
-                   nll_k=2, batch=8, grid=2, progress=False)
-    out = tmp_path / "run"
-    out.mkdir()
-    res = H.run(cfg, out)
-    assert seen["shape"] == (40, 3, 32, 32)
-    assert len(res["rows"]) == 3 and all(math.isfinite(r["fd"]) for r in res["rows"])
-    with pytest.raises(ValueError, match="data_root"):
-        H.run(H.Config(dataset="cifar10"), out)
+@pytest.mark.slow
+def test_w2_latent_term_ruins_the_students_likelihood_and_kl_keeps_it():
+    """docs/hvae_compress.md: students distilled with the paper's W2 latent term sample well but
+    score the test digits far worse than with KL as the latent divergence, through the ELBO's KL
+    term; and data-free unified students are closer to the teacher than scratch ones (FD-T)."""
+    from dgmkd.cli import main
+
+    import tempfile
+    out = tempfile.mkdtemp() + "/run"
+    assert main(["run", "hvae-compress", "--quick", "--quiet", "--out", out, "--set", "ratios=15",
+                 "--set", "methods=unified,unified-kl,scratch", "--set", "eval_samples=300", "--set", "nll_k=10"]) == 0
+    s = {r["method"]: r for r in dgmkd.harness.read_csv(f"{out}/results.csv")}
+    assert s["unified"]["nll"] > s["unified-kl"]["nll"] + 100
+    assert s["unified"]["elbo_kl"] > 10 * s["unified-kl"]["elbo_kl"]
+    assert s["unified"]["fd_t"] < s["scratch"]["fd_t"] and s["unified-kl"]["fd_t"] < s["scratch"]["fd_t"]

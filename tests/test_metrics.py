@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from dgmkd.metrics import (FeatureCNN, compare, emd, frechet_distance, kernel_distance, median_bandwidth, mmd2,
-                           nn1_accuracy, train_feature_net)
+                           nn1_accuracy)
+from dgmkd.feature_net import train_feature_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

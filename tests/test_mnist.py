@@ -89,3 +89,67 @@ def test_mnist_errors(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x1f\x8b" + b"\x00" * 10)
     with pytest.raises(DataFormatError, match="gzip"):
         read_idx(tmp_path / "bad")
+
+
+def test_pad_to_centres_the_digits(tmp_path):
+    x, _ = _write_split(tmp_path, "train", 3, 0)
+    xp, _ = load_mnist(tmp_path, "train", pad_to=32)
+    assert xp.shape == (3, 1, 32, 32) and float(xp[:, :, :2].abs().sum() + xp[:, :, -2:].abs().sum()) == 0.0
+    assert torch.equal(xp[:, 0, 2:30, 2:30], load_mnist(tmp_path, "train")[0][:, 0])
+    with pytest.raises(ValueError, match="pad_to"):
+        load_mnist(tmp_path, "train", pad_to=20)
+
+
+@pytest.fixture
+def short_feature_net(monkeypatch):
+    """The feature network trained on the IDX images, with a handful of steps."""
+    from dgmkd import feature_net as F
+
+    train, seen = F.train_feature_net, {}
+
+    def short(x, y, **kw):
+        seen["x"] = tuple(x.shape)
+        return train(x, y, **{**kw, "steps": 2, "batch": 8})
+
+    monkeypatch.setattr(F, "train_feature_net", short)
+    return seen
+
+
+def _idx_folder(root, n_train=60, n_test=20):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = np.arange(n, dtype=np.uint8) % 10
+        x = np.zeros((n, 28, 28), np.uint8)
+        for i, d in enumerate(y):  # a bar whose position and width depend on the digit, plus noise
+            x[i, 4:24, 2 + 2 * d:5 + 2 * d + d % 3] = 255
+        x = np.clip(x.astype(int) + rng.integers(0, 30, x.shape), 0, 255).astype(np.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte", x)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", y)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("experiment", ["hvae-compress", "continual"])
+def test_experiments_run_on_mnist_idx_files(tmp_path, short_feature_net, experiment):
+    """``--set dataset=mnist-idx --set data_root=DIR``: the IDX files, padded to 32x32, back both
+    image experiments (tiny fixtures written here); the report rebuilds from the run's files."""
+    from dgmkd.cli import main
+
+    _idx_folder(tmp_path / "mnist")
+    sets = {"hvae-compress": ["teacher_width=4", "ratios=2", "teacher_steps=3", "warmup=1", "student_steps=2",
+                              "encoder_steps=1", "methods=unified,scratch", "seeds=0", "eval_samples=20", "nll_k=2",
+                              "batch=8", "grid=2"],
+            "continual": ["splits=0-4>5-9", "methods=unified,curl", "width=2", "latent_dims=4,2", "old_steps=2",
+                          "warmup=1", "new_steps=2", "batch=8", "grid=2", "val_fraction=0.25"]}[experiment]
+    out = tmp_path / "run"
+    args = ["run", experiment, "--quick", "--quiet", "--out", str(out), "--set", "dataset=mnist-idx",
+            "--set", f"data_root={tmp_path / 'mnist'}"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    n_train = 60 if experiment == "hvae-compress" else 45  # continual: 15 of the 60 are the validation split
+    assert short_feature_net["x"] == (n_train, 1, 32, 32)
+    assert (out / "feature_cnn.pt").is_file()
+    text = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.md").read_text() == text

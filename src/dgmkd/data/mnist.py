@@ -83,9 +83,12 @@ def _find(root: Path, stem: str) -> Path:
     raise DataFormatError(f"MNIST file {stem!r} (or .gz, or with '.idx') not found in {str(root)!r}")
 
 
-def load_mnist(root: str | Path, split: str = "train", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_mnist(root: str | Path, split: str = "train", limit: int | None = None,
+               pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST ``split`` (``train`` or ``test``) from ``root``: images ``(N, 1, 28, 28)`` float32 in
-    [0, 1] and labels ``(N,)`` int64 (any ``H x W`` stored in the file is kept)."""
+    [0, 1] and labels ``(N,)`` int64 (any ``H x W`` stored in the file is kept). ``pad_to``: pad
+    the images with zeros (background) to ``pad_to x pad_to``, centred (28 -> 32 for models that
+    halve the side down to 4)."""
     if split not in _NAMES:
         raise ValueError(f"MNIST split must be 'train' or 'test', got {split!r}")
     root = Path(root)
@@ -100,4 +103,10 @@ def load_mnist(root: str | Path, split: str = "train", limit: int | None = None)
     if limit is not None:
         x, y = x[:limit], y[:limit]
     xt = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
+    if pad_to is not None:
+        h, w = xt.shape[-2:]
+        if pad_to < max(h, w):
+            raise ValueError(f"pad_to={pad_to} is smaller than the {h}x{w} images")
+        top, left = (pad_to - h) // 2, (pad_to - w) // 2
+        xt = torch.nn.functional.pad(xt, (left, pad_to - w - left, top, pad_to - h - top))
     return xt, torch.from_numpy(y.astype(np.int64))

@@ -147,7 +147,7 @@ def _cnn_metrics(ref_pixels, data_pixels):
     """Fréchet distance in the digits classifier's 64-d features to the teacher's reference sample
     and to the data, and the class histogram of a sample (the share of the most frequent predicted
     class; the number of classes holding >= 5 %)."""
-    from ..metrics.features import digits_feature_net
+    from ..feature_net import digits_feature_net
 
     net = digits_feature_net()
     images = lambda u: ((17 * u - 0.5) / 16).clamp(0, 1).view(-1, 1, 8, 8)  # noqa: E731  (k + v) / 17 -> k / 16

@@ -197,7 +197,8 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
 
 def run_images(cfg: Config, out: Path) -> None:
     from ..data.digits import dequantize, digits_split
-    from ..metrics import digits_feature_net, frechet_distance
+    from ..feature_net import digits_feature_net
+    from ..metrics import frechet_distance
 
     xtr, xva, xte = (digits_split(s, val_fraction=0.1)[0] for s in ("train", "val", "test"))
     te_deq = dequantize(xte, generator=harness.generator(cfg.seed, "dequantize", "test")) - 0.5

@@ -9,7 +9,7 @@ part under condition 1 *without the old data*, minimizing
 where ``L_new`` is the negative ELBO of ``M_new`` on a minibatch of new data (condition 1), the
 same for every method, and ``L_pre`` preserves what ``M_old`` knows about condition 0. ``r`` is the
 new part's share of the data by default (configurable). With ``r = 1`` the L_pre term is not even
-computed: every method is plain ELBO fine-tuning on the new data (``train_cond_elbo``).
+computed: every method is plain ELBO fine-tuning on the new data.
 
 The four ``L_pre`` (``batch`` = the L_pre batch size, ``n`` below):
 
@@ -41,7 +41,7 @@ The four ``L_pre`` (``batch`` = the L_pre batch size, ``n`` below):
   inference), and the mixing proportion is ``(1 - r) : r``.
 
 All four use the same optimizer (Adam on every parameter of ``M_new``), batches and step budget;
-they differ only in ``L_pre``. :func:`train_continual` runs step 1 on :func:`dgmkd.train`.
+they differ only in ``L_pre``. :func:`train_continual` runs step 1 through :func:`dgmkd.train.fit`.
 
 Example:
     >>> import copy, torch
@@ -118,12 +118,13 @@ def train_continual(old, new, x_new: torch.Tensor, method: str, steps: int, *, r
                     progress: bool = True, desc: str | None = None, checkpoint=None,
                     checkpoint_every: int = 100) -> dict[str, list]:
     """Step 1 of continual learning: train ``new`` (already initialized, normally a copy of
-    ``old``) on ``x_new`` with ``(1 - r) * L_pre + r * L_new`` through :func:`dgmkd.train`.
+    ``old``) on ``x_new`` with ``(1 - r) * L_pre + r * L_new`` through :func:`dgmkd.train.fit`
+    (Adam, minibatches of ``x_new`` from :func:`dgmkd.train.minibatches`).
 
     ``r = 1`` is plain ELBO training (``L_pre`` is skipped); ``r = 0`` keeps only ``L_pre``.
     Returns the history with ``loss``, ``l_new`` and ``l_pre`` per step.
     """
-    from ..train import train
+    from ..train import fit, minibatches
 
     if method not in METHODS:
         raise ValueError(f"unknown continual-learning method {method!r}; choose from {METHODS}")
@@ -132,29 +133,17 @@ def train_continual(old, new, x_new: torch.Tensor, method: str, steps: int, *, r
     new._check_images(x_new)
     old.eval().requires_grad_(False)
     new.requires_grad_(True)
-    opt = torch.optim.Adam(new.parameters(), lr=lr)
-    n = len(x_new)
     m = pre_batch or batch
 
-    def batches():
-        return (x_new[torch.randint(n, (batch,))],)
-
-    def step_fn(args, step):
-        (x,) = args
-        l_new = new_loss(new, x, c_new)
-        loss = r * l_new
-        l_pre = torch.zeros(())
+    def objective(args, step):
+        l_new = new_loss(new, args[0], c_new)
+        loss, l_pre = r * l_new, torch.zeros(())
         if r < 1.0:
             l_pre = pre_loss(method, old, new, m, c_old, latent_weight=latent_weight,
                              latent_divergence=latent_divergence, consistency_weight=consistency_weight,
                              replay_mean=replay_mean)
             loss = loss + (1.0 - r) * l_pre
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss.detach(), "l_new": l_new.detach(), "l_pre": l_pre.detach()}
+        return {"loss": loss, "l_new": l_new.detach(), "l_pre": l_pre.detach()}
 
-    new.train()
-    return train(step_fn, batches, steps, state={"model": new, "optimizer": opt}, seed=seed,
-                 progress=progress, desc=desc or f"continual-{method}", checkpoint=checkpoint,
-                 checkpoint_every=checkpoint_every)
+    return fit(objective, new, minibatches(x_new, batch=batch), steps, lr=lr, seed=seed, progress=progress,
+               desc=desc or f"continual-{method}", checkpoint=checkpoint, checkpoint_every=checkpoint_every)
