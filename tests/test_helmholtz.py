@@ -153,8 +153,7 @@ def test_hm_experiment_writes_its_outputs(tmp_path):
 @pytest.mark.slow
 def test_hm_finding_local_below_unified_at_both_widths(tmp_path):
     """docs/hm_vrnn.md: local distillation ends with a smaller exact KL to the teacher than unified at
-    both student widths (the surrogate never reaches the binary units), and every distilled student
-    stays close to the teacher."""
+    both student widths (the surrogate never reaches the binary units)."""
     from dgmkd.config import override
     from dgmkd.experiments import get
     from dgmkd.harness import read_csv
@@ -166,7 +165,7 @@ def test_hm_finding_local_below_unified_at_both_widths(tmp_path):
     kl = {(r["hidden"], r["method"]): r["kl_mean"] for r in read_csv(tmp_path / "summary.csv")
           if r["method"] != "teacher"}
     for width in (2, 1):
-        assert kl[width, "local"] < kl[width, "unified"] < 0.05, kl
+        assert kl[width, "local"] < kl[width, "unified"], kl
 
 
 def test_latent_weight_is_immaterial_under_adam_for_binary_latents():

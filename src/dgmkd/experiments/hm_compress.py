@@ -144,7 +144,7 @@ def evaluate(model, teacher, y_kl: torch.Tensor, test: torch.Tensor, std: torch.
 def run(cfg: Config, out: Path) -> dict:
     torch.set_num_threads(1)
     out, t0 = Path(out), time.time()
-    harness.write_json(out / "config.json", {"experiment": "hm-compress", **to_dict(cfg)})  # what report() rebuilds from
+    harness.write_json(out / "config.json", {"experiment": "hm-compress", **to_dict(cfg)})  # report() reads it
     train_y, test_y, (_, std) = split_faithful(cfg.n_test, cfg.split_seed)
     rows, models = [], {}
     for seed in cfg.seeds:
@@ -179,10 +179,10 @@ def report(out: Path) -> str:
     out = Path(out)
     cfg = harness.load_config(out, Config)
     rows = harness.read_csv(out / "results.csv", required=("seed", "hidden", "method", "kl", "test_ll"))
-    summ = harness.summarize([r for r in rows if r["method"] == "teacher"], ("hidden", "method"), ("test_ll",))
-    summ += summary(rows, ("kl", "test_ll", *OBJECTIVES), "kl")
+    students = summary(rows, ("kl", "test_ll", *OBJECTIVES), "kl")
+    summ = harness.summarize([r for r in rows if r["method"] == "teacher"], ("hidden", "method"), ("test_ll",)) + students
     harness.write_csv(out / "summary.csv", summ)
-    best = verdict(summ[1:], "kl", "KL to the teacher")
+    best = verdict(students, "kl", "KL to the teacher")
     why = ["Why local wins here: with binary latents the surrogate gives no gradient to the Bernoulli conditionals "
            "(the inverse CDF is piecewise constant), and on the coupled units where teacher and student disagree it "
            "pulls the target means toward the wrong mixture component ('of which targets'), while local distillation "

@@ -36,7 +36,7 @@ DESCRIPTION = "VRNN on MNIST-1D (or IAM-OnDB) sequences: unified vs local vs scr
 class Config:
     seeds: tuple[int, ...] = (0, 1, 2)
     teacher_seed: int = 0             # one teacher, shared by the student seeds (time budget)
-    dataset: str = "mnist1d"; data_root: str = ""            # "mnist1d" (embedded) or "iam" (lineStrokes under data_root)
+    dataset: str = "mnist1d"; data_root: str = ""            # "mnist1d" or "iam" (lineStrokes XML under data_root)
     seq_len: int = 100; num_samples: int = 5000              # IAM window length (MNIST-1D: 40); MNIST-1D size
     teacher_hidden: int = 64; z_dim: int = 8
     student_hidden: tuple[int, ...] = (16, 8)
@@ -103,7 +103,7 @@ def features(data: dict, cfg: Config):
 def run(cfg: Config, out: Path) -> dict:
     torch.set_num_threads(1)
     out, t0 = Path(out), time.time()
-    harness.write_json(out / "config.json", {"experiment": "vrnn-compress", **to_dict(cfg)})  # what report() rebuilds from
+    harness.write_json(out / "config.json", {"experiment": "vrnn-compress", **to_dict(cfg)})  # report() reads it
     data = iam_split(cfg.data_root, cfg.seq_len, generator=harness.generator("iam-split")) if cfg.dataset == "iam" \
         else load_mnist1d(cfg.num_samples)
     feat, acc = features(data, cfg)

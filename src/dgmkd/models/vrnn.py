@@ -17,6 +17,8 @@ The targets are fed back into the recurrence, so in the unified method (Eq. 7) t
 :meth:`VRNN.log_weights` gives the importance weights of the encoder
 ``q(z_t | x_t, h_{t-1})`` — the ELBO (``k=1``) trains teachers and scratch students, the IWAE bound
 (Burda et al. 2016) with ``k`` samples estimates the test NLL.
+:class:`SeqCNN` is the small 1-d CNN classifier whose penultimate features compare VRNN samples
+(``vrnn-compress`` on MNIST-1D).
 
 Example:
     >>> import torch
