@@ -94,8 +94,7 @@ def distill_student(cfg, name: str, teacher, data: torch.Tensor, encode, pool: t
 
 
 def run_part(cfg, out: Path, part: str, seed: int) -> None:
-    """Fit the part's teacher, distil every student, write ``<part>_results.csv``,
-    ``<part>_history.csv``, ``<part>_teacher.json`` and the sample figure."""
+    """Fit the part's teacher, distil every student; write ``<part>_{results,history}.csv``, ``<part>_teacher.json``."""
     harness.manual_seed(seed, part, "teacher-init")
     (tr, te, encode, view, teacher), (steps, t_steps, pool_n, n) = _setup(cfg, part), _sizes(cfg, part)
     th = fit(lambda a, i: -teacher.log_prob(encode(a[0])).mean(), teacher, minibatches(tr, batch=cfg.img_batch),
