@@ -22,7 +22,7 @@ test: setup
 	$(PY) -m pytest -q
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=0
 
 bench: setup
 	$(PY) benchmarks/core_overhead.py

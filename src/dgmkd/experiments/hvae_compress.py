@@ -197,7 +197,7 @@ def run(cfg: Config, out: Path) -> dict:
     meta = {"features": feat_name, "feature_accuracy": digits_accuracy() if cfg.dataset == "digits" else None,
             "n_train": len(xtr), "n_test": len(xte)}
 
-    # teacher (checkpointed in the run directory: a rerun with the same --out resumes / reuses it)
+    # teacher, checkpointed in the run directory: `dgmkd run hvae-compress --resume --out DIR` continues it
     harness.manual_seed("teacher", "init")
     teacher = _vae(cfg, cfg.teacher_width, size, channels)
     print(f"teacher: width {cfg.teacher_width}, {teacher.num_parameters():,} parameters, {cfg.teacher_steps} ELBO steps")
