@@ -214,8 +214,8 @@ def report_part(cfg, out: Path, part: str) -> list[str]:
         best_ev, worst_in = min(by[m][k] for m in ev), max(by[m][k] for m in ins)
         lines += [f"Huang et al. find that the evaluative losses (reverse KL, z-reconstruction) collapse onto few "
                   f"modes while the instructive ones (x-reconstruction, oracle) cover the teacher. Here the closest "
-                  f"evaluative student is at {head[keys.index(k)][:-10]} {best_ev:.3f} from the teacher's samples, the "
-                  f"farthest instructive one at {worst_in:.3f}: the ordering "
+                  f"evaluative student is at {head[keys.index(k)][:-10]} {harness.fmt(best_ev)} from the teacher's "
+                  f"samples, the farthest instructive one at {harness.fmt(worst_in)}: the ordering "
                   + ("holds." if best_ev > worst_in else "does not hold.")
                   + (" Top-class share: " + ", ".join(f"{m} {by[m]['top_class_frac']:.2f}" for m in ev + ins)
                      + f" (teacher {by['teacher']['top_class_frac']:.2f})." if cnn else "")]
