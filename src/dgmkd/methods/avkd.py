@@ -49,6 +49,7 @@ from torch.distributions import Categorical, Independent, Normal
 
 from .. import divergences
 from ..sites import latent
+from ..train import minibatches
 from .generator_kd import Generator, GeneratorKD, _labels, generated_inputs, kd_loss
 
 __all__ = ["Generator", "GaussianGenerator", "Discriminator", "MLPDiscriminator", "discriminator_loss",
@@ -165,6 +166,7 @@ class AVKD(GeneratorKD):
                          temperature=temperature,
                          num_classes=num_classes or getattr(generator, "num_classes", None) or teacher.num_classes)
         self.disc, self.prior, self.lr_d = discriminator, prior_data, lr_d
+        self._prior_batch = minibatches(prior_data, batch=batch) if prior_data is not None else None
         self.w_prior, self.w_recon, self.w_adv = w_prior, w_recon, w_adv
         self.prior_loc, self.prior_scale = prior_loc, prior_scale
         self._last = None
@@ -201,8 +203,8 @@ class AVKD(GeneratorKD):
 
     def discriminator_loss(self) -> dict:
         x, y = self._last
-        idx = torch.randint(0, len(self.prior), (self.batch,))
-        return {"loss": discriminator_loss(self.disc, x, y, self.prior[idx], _labels(self.batch, self.num_classes))}
+        (prior,) = self._prior_batch()
+        return {"loss": discriminator_loss(self.disc, x, y, prior, _labels(self.batch, self.num_classes))}
 
     def players(self) -> dict:
         p = super().players()
