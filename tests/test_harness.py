@@ -64,3 +64,14 @@ def test_table_and_image_grid(tmp_path):
     assert p.stat().st_size > 500 and q.stat().st_size > 500
     with pytest.raises(ValueError, match="N, C, H, W"):
         harness.image_grid(torch.rand(4, 8, 8), tmp_path / "x.png")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        p = harness.write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert p.stat().st_mode & 0o777 == 0o644
