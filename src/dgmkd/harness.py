@@ -49,7 +49,7 @@ import torch
 
 __all__ = ["SPREAD", "seed", "manual_seed", "generator", "sweep", "summarize", "fmt", "table", "image_grid",
            "write_csv", "write_json", "write_text", "read_csv", "read_json", "load_config", "ReportDataError",
-           "save_figure"]
+           "save_figure", "pyplot", "cell"]
 
 SPREAD = "mean ± sample standard deviation (ddof=1) over seeds; one seed: no spread shown"
 
@@ -180,7 +180,8 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's ``pyplot`` on the non-interactive Agg backend (runs write PNG files)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,7 +194,7 @@ def image_grid(images: torch.Tensor | dict[str, torch.Tensor], path: str | Path,
                title: str = "") -> Path:
     """A PNG of the first ``n x n`` images of an ``(N, C, H, W)`` batch in [0, 1] (a grey line
     between images), or, given ``{name: batch}``, one such panel per name side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = images if isinstance(images, dict) else {title: images}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), squeeze=False)
     for ax, (name, x) in zip(axes[0], panels.items()):

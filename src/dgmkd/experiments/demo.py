@@ -95,7 +95,7 @@ def report(out: str | Path) -> str:
                            [[m] + [harness.fmt(r[k], digits=4) for k in keys] for m, r in results.items()])
     lines += ["", "MMD^2 after distillation as a fraction of its value at initialization: "
               + ", ".join(f"{m} {r['mmd2_after'] / r['mmd2_before']:.3f}" for m, r in results.items()) + "."]
-    fig, ax = harness._pyplot().subplots(figsize=(5, 3.5))
+    fig, ax = harness.pyplot().subplots(figsize=(5, 3.5))
     for m in results:
         ax.plot(*zip(*[(r["step"], r["loss"]) for r in history if r["method"] == m]), label=m)
     ax.set(yscale="log", xlabel="step", ylabel="distillation loss")

@@ -163,7 +163,7 @@ def _cnn_metrics(ref_pixels, data_pixels):
 
 
 def _plot_signals(curves: dict[str, torch.Tensor], path: Path):
-    plt = harness._pyplot()
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(2.4 * len(curves), 2.6), sharey=True, squeeze=False)
     for ax, (name, xs) in zip(axes[0], curves.items()):
         for i, x in enumerate(xs[:6]):

@@ -265,7 +265,7 @@ def _linear_report(cfg: Config, out: Path) -> list[str]:
 
 
 def _plot_hist(rows, path):
-    plt = harness._pyplot()
+    plt = harness.pyplot()
     vals: dict = {}
     for r in rows:
         vals.setdefault(r["T"], {}).setdefault(r["model"], []).append(r["value"])
@@ -286,7 +286,7 @@ def _plot_hist(rows, path):
 
 
 def _plot_signal(cfg, curves, path):
-    plt = harness._pyplot()
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for dim, raw in curves.items():
         m = _moving(raw, cfg.smooth)

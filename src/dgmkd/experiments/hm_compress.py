@@ -217,7 +217,7 @@ def report(out: Path) -> str:
 
 @torch.no_grad()
 def _plot(models, cfg, path):
-    plt = harness._pyplot()
+    plt = harness.pyplot()
     train_y, test_y, _ = split_faithful(cfg.n_test, cfg.split_seed)
     allx = torch.cat([train_y, test_y])
     lo, hi = allx.min(0).values - 1.0, allx.max(0).values + 1.0

@@ -287,7 +287,7 @@ def report(out: str | Path) -> str:
 
 
 def plot(summary: list[dict], cfg: Config, out: Path) -> list[Path]:
-    plt, paths = harness._pyplot(), []
+    plt, paths = harness.pyplot(), []
     for v in dict.fromkeys(s["variant"] for s in summary if s["sweep"] == "depth"):
         vs = _pick(summary, sweep="depth", variant=v)
         measures = ["kl_grid"] + (["kl_dre"] if cfg.dre else [])

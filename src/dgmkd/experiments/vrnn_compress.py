@@ -195,7 +195,7 @@ def report(out: Path) -> str:
 
 @torch.no_grad()
 def _plot(models, cfg, path):
-    plt = harness._pyplot()
+    plt = harness.pyplot()
     n = cfg.png_samples
     fig, axes = plt.subplots(n, len(models), figsize=(1.9 * len(models), 0.9 * n), squeeze=False)
     for j, (name, m) in enumerate(models.items()):
