@@ -7,7 +7,7 @@ The loss of their Eq. (15) is ``L = l0 * NLL_s(x) + l1 * (I)LKD(t, s, x) + l2 * 
   latent, "just another intermediate step");
 * SKD (Eq. 14): ``d(t.from_noise(z), s.from_noise(z))`` for prior samples ``z ~ N(0, T^2 I)``.
 
-In the unified vocabulary (Chen et al. 2023; DESIGN.md §1) a flow is a DGM with one noise and a
+In the unified vocabulary (Chen et al. 2023, §3) a flow is a DGM with one noise and a
 degenerate target. :class:`FlowSites` writes a flow that way:
 
 * on data ``x`` each matched state and the final latent are **deterministic sites**
