@@ -247,3 +247,20 @@ def test_w2_latent_term_ruins_the_students_likelihood_and_kl_keeps_it():
     assert s["unified"]["nll"] > s["unified-kl"]["nll"] + 100
     assert s["unified"]["elbo_kl"] > 10 * s["unified-kl"]["elbo_kl"]
     assert s["unified"]["fd_t"] < s["scratch"]["fd_t"] and s["unified-kl"]["fd_t"] < s["scratch"]["fd_t"]
+
+
+def test_weights_saved_with_the_old_stem_layout_still_load():
+    """Before the stem's fully connected layer became ``stem_fc`` it was the entry after the
+    convolutions and the flatten in ``stem``; such state dicts load unchanged."""
+    import torch
+
+    from dgmkd.models.hvae import LadderVAE
+
+    for size, fc in ((8, 5), (16, 7)):
+        torch.manual_seed(0)
+        a = LadderVAE(image_size=size, width=4)
+        old = {(f"stem.{fc}.{k.split('.')[-1]}" if k.startswith("stem_fc.0.") else k): v
+               for k, v in a.state_dict().items()}
+        b = LadderVAE(image_size=size, width=4)
+        b.load_state_dict(old)
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())

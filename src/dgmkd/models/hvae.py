@@ -76,6 +76,17 @@ def kl_weight(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
 
+def _rename_old_stem_keys(fc_index: int):
+    """Weights saved before the stem's fully connected layer became ``stem_fc`` (it was entry
+    ``fc_index`` of ``stem``) load under the new names."""
+    def hook(state_dict, prefix, *args):
+        for kind in ("weight", "bias"):
+            old = f"{prefix}stem.{fc_index}.{kind}"
+            if old in state_dict and f"{prefix}stem_fc.0.{kind}" not in state_dict:
+                state_dict[f"{prefix}stem_fc.0.{kind}"] = state_dict.pop(old)
+    return hook
+
+
 class LadderVAE(nn.Module):
     """Five-layer ladder VAE for ``image_size`` in {8, 16, 32, 64} (square images).
 
@@ -121,6 +132,7 @@ class LadderVAE(nn.Module):
             stem += [nn.Conv2d(c, c, 4, stride=2, padding=1), act()]
         self.stem = nn.Sequential(*stem, nn.Flatten())
         self.stem_fc = nn.Sequential(nn.Linear(16 * c + K, h), act())
+        self._register_load_state_dict_pre_hook(_rename_old_stem_keys(len(stem) + 1))
         self.up = nn.ModuleList(nn.Sequential(nn.Linear(h + K, h), act()) for _ in dims)
         self.q_head = nn.ModuleList(nn.Linear(h, 2 * d) for d in dims)
         # top-down (generative) path: p(z_i | z_{i+1}) for i < L, the learned p(z_L | c) if K > 0
