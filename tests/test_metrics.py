@@ -169,3 +169,15 @@ def test_inception_fid_needs_local_weights(tmp_path):
     except ImportError:
         with pytest.raises(ImportError, match="torch-fidelity"):
             inception_fid(imgs, imgs, tmp_path / "w.pth")
+
+
+def test_a_corrupt_feature_net_cache_is_retrained(tmp_path, capsys):
+    import os
+
+    from dgmkd import feature_net
+
+    good = feature_net.digits_feature_net()  # the shared cache (trained once, deterministic)
+    (tmp_path / f"digits_cnn_{feature_net._VERSION}.pt").write_bytes(os.urandom(4096))
+    net = feature_net.digits_feature_net(cache=tmp_path)
+    assert "ignoring unreadable feature-net cache" in capsys.readouterr().out
+    assert all(torch.equal(a, b) for a, b in zip(good.state_dict().values(), net.state_dict().values()))

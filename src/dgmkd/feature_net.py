@@ -70,7 +70,7 @@ def digits_feature_net(cache: str | os.PathLike | None = None, retrain: bool = F
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return net.eval().requires_grad_(False)
-        except (RuntimeError, KeyError, EOFError, OSError) as e:  # a corrupt or stale cache: retrain
+        except Exception as e:  # a corrupt, truncated or stale cache (any unpickling error): retrain
             print(f"dgmkd: ignoring unreadable feature-net cache {path}: {e}")
     xtr, ytr = digits_split("train")
     xte, yte = digits_split("test")
