@@ -219,7 +219,7 @@ def report(out: Path) -> str:
 
 
 def _figures(out: Path, tasks) -> list[str]:
-    images = torch.load(out / "images.pt")
+    images = torch.load(out / "images.pt", weights_only=True)
     lines = []
     for t in (t for t in tasks if f"{t}/real" in images):
         k = int(images[f"{t}/real"].shape[0] ** 0.5)

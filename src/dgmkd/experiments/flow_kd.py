@@ -338,7 +338,7 @@ def report(out: Path) -> str:
             lines += ["", "Diverged (evaluated at their best validation state): " + "; ".join(fails)]
         samples = out / "samples_T0.7.pt"
         if samples.exists():
-            harness.image_grid(torch.load(samples), out / "samples_T0.7.png", title="samples at T = 0.7")
+            harness.image_grid(torch.load(samples, weights_only=True), out / "samples_T0.7.png", title="samples at T = 0.7")
             lines += ["", "![samples at T=0.7](samples_T0.7.png)"]
     t = harness.read_json(out / "timing.json")
     lines += ["", f"Wall-clock: {t['total'] / 60:.1f} min in total (" +
