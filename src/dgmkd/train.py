@@ -111,12 +111,15 @@ def _to_device(args: tuple, device) -> tuple:
     return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def check_finite(value: torch.Tensor | float, step: int, name: str = "loss", path: str | None = None) -> None:
-    """Raise :class:`NonFiniteLossError` naming the step when ``value`` is NaN or infinite."""
+def check_finite(value: torch.Tensor | float, step: int, name: str = "loss", path: str | None = None,
+                 explain: Callable[[], str] | None = None) -> None:
+    """Raise :class:`NonFiniteLossError` naming the step when ``value`` is NaN or infinite;
+    ``explain()`` (called only then) may add where the non-finite value came from."""
     v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     if not math.isfinite(v):
         where = f"; the last good checkpoint is kept at {path}" if path and os.path.exists(path) else ""
-        raise NonFiniteLossError(f"{name} is {v} at step {step}: training stopped{where}")
+        why = explain() if explain is not None else ""
+        raise NonFiniteLossError(f"{name} is {v} at step {step}{': ' + why if why else ''}: training stopped{where}")
 
 
 def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: dict[str, Any] | None = None,
@@ -360,7 +363,8 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, resume: bool = True,
         seed: int | None = 0, device=None, progress: bool = True, desc: str = "fit",
         callback: Callable[[int, dict], None] | None = None, sync_gradients: bool = True,
-        data_parallel: bool | None = None, fingerprint: dict[str, Any] | None = None) -> dict[str, list]:
+        data_parallel: bool | None = None, fingerprint: dict[str, Any] | None = None,
+        explain: Callable[[], str] | None = None) -> dict[str, list]:
     """Minimize ``objective`` over the parameters of ``modules``: the one optimization loop.
 
     Every training loop of the library (teachers, scratch students, distillation, the method loops,
@@ -387,7 +391,8 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
 
     The checkpoint's fingerprint (see :func:`train`) holds the modules' parameter shapes, the
     optimizer and its hyperparameters, ``grad_clip`` and whatever ``fingerprint`` adds; resuming
-    with any of them changed is an error listing what changed.
+    with any of them changed is an error listing what changed. ``explain()``, called only when a
+    loss is non-finite, adds its cause to the error (``distill`` names the offending sites).
 
     Example:
         >>> import torch
@@ -464,7 +469,7 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
             # before the step, on every rank (averaged over ranks): a non-finite loss never reaches the weights
             value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
             check_finite(ddp.mean_over_ranks({"loss": value})["loss"] if parallel else value, step,
-                         f"{k}.loss" if k else "loss", path)
+                         f"{k}.loss" if k else "loss", path, explain)
             opt = opts[k]
             schedule = lr_schedule.get(k) if isinstance(lr_schedule, dict) else lr_schedule
             if schedule is not None:
@@ -605,22 +610,17 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
                     unused = ddp.any_unused(objective(*args), params)
             runner = ddp.wrap(objective, find_unused_parameters=unused)
         # torch's distribution argument checks run on the first step only (see couple())
-        loss = runner(*args, validate_args=None if first else False)
-        if not torch.isfinite(loss.detach()):
-            bad = _nonfinite_sites(objective.__dict__["last"])
-            if bad:
-                where = f"; the last good checkpoint is kept at {checkpoint}" if checkpoint and \
-                    os.path.exists(checkpoint) else ""
-                raise NonFiniteLossError(f"loss is {float(loss.detach())} at step {step}: non-finite parameters at "
-                                         f"{', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}: training stopped"
-                                         f"{where}")
-        return loss
+        return runner(*args, validate_args=None if first else False)
+
+    def explain() -> str:  # called by fit's guard only when the loss is non-finite
+        bad = _nonfinite_sites(objective.__dict__["last"])
+        return f"non-finite parameters at {', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}" if bad else ""
 
     return fit(step_loss, {"student": student}, inputs, steps, lr=lr, params=params,
                optimizer=optimizer if optimizer is not None else "adam", grad_clip=grad_clip,
                checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, seed=seed, device=device,
                progress=progress, desc=f"distill[{method if isinstance(method, str) else 'custom'}]",
-               callback=callback, sync_gradients=False, data_parallel=distributed,
+               callback=callback, sync_gradients=False, data_parallel=distributed, explain=explain,
                fingerprint={"method": method, "latent_weight": latent_weight, "divergence": divergence,
                             "latent_divergence": latent_divergence, "deterministic": deterministic,
                             "teacher": weights_hash(teacher),
