@@ -12,12 +12,14 @@ from .delta import Delta
 from .handlers import SiteMismatchError
 from .reparam import UnsupportedDistributionError
 from .sites import deterministic, latent, target
-from .train import NonFiniteLossError, distill, train
+from . import train
+from .train import NonFiniteLossError, distill, fit, loop
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "latent", "target", "deterministic", "couple", "Delta", "Coupling", "SitePair", "distill", "train",
+    "latent", "target", "deterministic", "couple", "Delta", "Coupling", "SitePair", "distill", "fit", "loop",
+    "train",
     "losses", "divergences", "reparam", "handlers", "checkpoint",
     "SiteMismatchError", "UnsupportedDistributionError", "NonFiniteLossError",
 ]

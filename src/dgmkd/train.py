@@ -1,10 +1,13 @@
 """The one training loop.
 
-:func:`train` runs any ``step_fn`` for a number of steps with a progress bar, periodic atomic
+:func:`loop` runs any ``step_fn`` for a number of steps with a progress bar, periodic atomic
 checkpoints, resume after a kill, and a guard that stops on a non-finite loss and keeps the last
 good checkpoint. :func:`distill` builds the step of the unified method (Chen et al. 2023, Eq. 7)
 or of local distillation on top of it; the other methods of the library build their own steps
-and reuse :func:`train`.
+and reuse :func:`fit` (which runs :func:`loop`).
+
+``dgmkd.train`` is this module; the loop functions are ``dgmkd.fit``, ``dgmkd.distill`` and
+``dgmkd.loop``.
 
 Example (data-free: the inputs are a batch size):
     >>> import torch, dgmkd
@@ -37,7 +40,7 @@ from . import distributed as ddp
 from . import losses
 from .coupling import couple
 
-__all__ = ["train", "fit", "distill", "minibatches", "NonFiniteLossError", "make_inputs"]
+__all__ = ["loop", "fit", "distill", "minibatches", "NonFiniteLossError", "make_inputs"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -122,7 +125,7 @@ def check_finite(value: torch.Tensor | float, step: int, name: str = "loss", pat
         raise NonFiniteLossError(f"{name} is {v} at step {step}{': ' + why if why else ''}: training stopped{where}")
 
 
-def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: dict[str, Any] | None = None,
+def loop(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: dict[str, Any] | None = None,
           checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, resume: bool = True,
           seed: int | None = 0, device=None, progress: bool = True, desc: str = "train",
           callback: Callable[[int, dict], None] | None = None, data_parallel: bool = False,
@@ -298,7 +301,7 @@ def minibatches(*tensors: torch.Tensor, batch: int) -> Callable[[], tuple]:
     """A sampler for :func:`fit`: each call returns one minibatch of ``tensors`` (rows drawn
     uniformly with replacement, the same rows from every tensor).
 
-    The rows come from torch's global RNG, which :func:`train` seeds, checkpoints and restores, so
+    The rows come from torch's global RNG, which :func:`loop` seeds, checkpoints and restores, so
     a resumed run draws the minibatches an uninterrupted one would. Under ``torchrun`` each rank
     draws ``batch / world_size`` rows from its own stream, so the ranks together see ``batch``.
 
@@ -368,7 +371,7 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
     """Minimize ``objective`` over the parameters of ``modules``: the one optimization loop.
 
     Every training loop of the library (teachers, scratch students, distillation, the method loops,
-    generators, feature networks) is a call of :func:`fit`, so each gets :func:`train`'s atomic
+    generators, feature networks) is a call of :func:`fit`, so each gets :func:`loop`'s atomic
     checkpoints, exact resume, progress bar and non-finite guard, and runs data-parallel under
     ``torchrun``.
 
@@ -389,7 +392,7 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
     ``DistributedDataParallel`` module, as in :func:`distill`), so N processes train like one with
     an N-times larger batch. ``data_parallel=False`` runs every rank replicated instead.
 
-    The checkpoint's fingerprint (see :func:`train`) holds the modules' parameter shapes, the
+    The checkpoint's fingerprint (see :func:`loop`) holds the modules' parameter shapes, the
     optimizer and its hyperparameters, ``grad_clip`` and whatever ``fingerprint`` adds; resuming
     with any of them changed is an error listing what changed. ``explain()``, called only when a
     loss is non-finite, adds its cause to the error (``distill`` names the offending sites).
@@ -492,7 +495,7 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
                              "hyper": [{h: v for h, v in g.items() if h != "params"} for g in o.param_groups]}
                          for k, o in opts.items()},
           "objectives": sorted(objectives), "grad_clip": grad_clip, "seed": seed, **(fingerprint or {})}
-    return train(step_fn, inputs, steps, state=state, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+    return loop(step_fn, inputs, steps, state=state, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                  resume=resume, seed=seed, device=device, progress=progress, desc=desc, callback=callback,
                  data_parallel=parallel, fingerprint=fp)
 
