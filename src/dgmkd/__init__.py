@@ -11,6 +11,7 @@ from .coupling import Coupling, SitePair, couple
 from .delta import Delta
 from .handlers import SiteMismatchError
 from .reparam import UnsupportedDistributionError
+from .saving import load, save
 from .sites import deterministic, latent, target
 from . import train
 from .train import NonFiniteLossError, distill, fit, loop
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "latent", "target", "deterministic", "couple", "Delta", "Coupling", "SitePair", "distill", "fit", "loop",
+    "save", "load",
     "train",
     "losses", "divergences", "reparam", "handlers", "checkpoint",
     "SiteMismatchError", "UnsupportedDistributionError", "NonFiniteLossError",
