@@ -144,7 +144,9 @@ def save(module: nn.Module, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; weights are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
