@@ -15,12 +15,13 @@ from .saving import load, save
 from .sites import deterministic, latent, target
 from . import train
 from .train import NonFiniteLossError, distill, fit, loop
+from .methods.flow_kd import distill_flow
 
 __version__ = "0.1.0"
 
 __all__ = [
     "latent", "target", "deterministic", "couple", "Delta", "Coupling", "SitePair", "distill", "fit", "loop",
-    "save", "load",
+    "save", "load", "distill_flow",
     "train",
     "losses", "divergences", "reparam", "handlers", "checkpoint",
     "SiteMismatchError", "UnsupportedDistributionError", "NonFiniteLossError",
