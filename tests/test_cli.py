@@ -48,3 +48,49 @@ def test_report_rebuilds_and_compares(tmp_path, capsys):
     assert "| steps | 20 | 30 |" in cmp and cmp.count("| unified |") == 2
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_run_help_lists_every_config_key_with_default_and_meaning(capsys):
+    import pytest
+
+    from dgmkd import config
+
+    with pytest.raises(SystemExit) as e:
+        main(["run", "demo", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "--device" in text
+    for key, _, default, meaning in config.describe(experiments.get("demo").Config):
+        line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{key}="))
+        assert line.strip().startswith(f"{key}={default}") and meaning and meaning in line, line
+    for name in experiments.EXPERIMENTS:  # every key of every experiment has a meaning
+        missing = [k for k, _, _, m in config.describe(experiments.get(name).Config) if not m]
+        assert not missing, (name, missing)
+
+
+def test_unavailable_device_is_an_error_not_a_cpu_run(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    if not torch.cuda.is_available():
+        assert main(["run", "demo", "--device", "cuda", "--out", str(out)]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+        assert not out.exists()
+    assert main(["run", "demo", "--device", "cuda:99", "--out", str(out)]) == 2
+    assert "cuda:99" in capsys.readouterr().err
+    assert main(["run", "demo", "--device", "toaster", "--out", str(out)]) == 2
+    assert "not a torch device" in capsys.readouterr().err and not out.exists()
+
+
+def test_device_cpu_runs_and_fit_sees_the_device(tmp_path, capsys, monkeypatch):
+    from dgmkd import train
+
+    seen = []
+    monkeypatch.setattr("dgmkd.experiments.demo.distill", lambda *a, **kw: (seen.append(train._DEFAULT_DEVICE),
+                                                                             train.distill(*a, **kw))[1])
+    out = tmp_path / "run"
+    assert main(["run", "demo", "--quiet", "--device", "cpu", "--set", "steps=5", "--set", "eval_samples=50",
+                 "--out", str(out)]) == 0
+    assert "(device cpu)" in capsys.readouterr().out
+    assert seen and all(str(d) == "cpu" for d in seen)
+    assert train._DEFAULT_DEVICE is None  # restored after the run

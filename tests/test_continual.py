@@ -302,8 +302,10 @@ def test_experiment_on_celeba_files(tmp_path, monkeypatch):
         keys = [f"{p}_{c}_{k}" for p in ("val", "test") for c in ("old", "new")[:1 + (r["method"] != "M_old")]
                 for k, _ in exp.METRICS]
         assert all(math.isfinite(r[k]) for k in keys), r
-    state = torch.load(out / "models" / "new_Female_to_Male_unified_r0.4_seed0.pt", weights_only=True)
-    CondLadderVAE(image_size=16, channels=3, width=2, latent_dims=(4, 2)).load_state_dict(state)  # 3x16x16 model
+    rebuilt = dgmkd.load(out / "models" / "student-unified-Female_to_Male-r0.4-s0.safetensors")
+    assert isinstance(rebuilt, CondLadderVAE)
+    dgmkd.load(CondLadderVAE(image_size=16, channels=3, width=2, latent_dims=(4, 2)),  # a 3x16x16 model
+               out / "models" / "student-unified-Female_to_Male-r0.4-s0.safetensors")
     assert "CelebA attribute splits" in (out / "report.md").read_text()
     # the other two splits divide the faces by their attribute as well
     from dgmkd.data import load_celeba

@@ -3,6 +3,8 @@ report from the run directory's data identically."""
 
 import pytest
 
+import dgmkd
+
 from dgmkd import experiments
 from dgmkd.cli import main
 
@@ -28,6 +30,13 @@ def test_quick_run_and_report_rebuild(name, tmp_path, capsys):
     assert main(args) == 0
     first = (out / "report.md").read_text()
     assert first.strip()
+    # the trained models: models/<role>.safetensors, every student rebuilt by dgmkd.load(path) alone
+    saved = sorted((out / "models").glob("*.safetensors"))
+    students = [p for p in saved if p.name.startswith("student-")]
+    assert students, sorted(p.name for p in saved)
+    for p in students:
+        m = dgmkd.load(p)
+        assert sum(t.numel() for t in m.state_dict().values()) > 0, p.name
     (out / "report.md").unlink()
     capsys.readouterr()
     assert main(["report", str(out), "--out", str(tmp_path / "cmp.md")]) == 0

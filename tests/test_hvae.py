@@ -192,7 +192,8 @@ def test_experiment_end_to_end_tiny_and_report_rebuild(tmp_path, monkeypatch):
     assert "| teacher | teacher |" in report and "± " in report and "NLL" in report and "MET" not in report
     assert "unified has the lowest mean on" in report and "NLL with the W2 latent term" in report
     assert (out / "samples_teacher.png").is_file() and (out / "samples_4_unified.png").is_file()
-    assert (out / "models" / "student_4_scratch_seed1.pt").is_file()
+    assert (out / "models" / "student-scratch-r4-s1.safetensors").is_file()
+    assert dgmkd.load(out / "models" / "student-scratch-r4-s1.safetensors").num_parameters() > 0
     (out / "report.md").unlink()
     assert H.report(out) == report
     with pytest.raises(cfgmod.ConfigError, match="methods"):

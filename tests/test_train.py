@@ -366,3 +366,61 @@ def test_a_crash_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
     got = ck.load(path)
     assert got["step"] == 1 and torch.equal(got["w"], torch.ones(1000))
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_progress_is_plain_lines_when_not_a_terminal(capsys):
+    import dgmkd
+
+    lin = torch.nn.Linear(2, 1)
+    dgmkd.fit(lambda a, s: lin(a[0]).pow(2).mean(), lin, lambda: torch.randn(8, 2), steps=50, lr=1e-2, desc="toy")
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("toy: step")]
+    assert [ln.split()[2] for ln in lines] == [f"{k}/50" for k in range(5, 51, 5)], err  # every tenth, no bar
+    assert "\r" not in err and "loss" in lines[-1] and "steps/s" in lines[-1]
+
+
+def test_distill_log_csv_is_the_history_as_it_goes(tmp_path):
+    import csv
+
+    import dgmkd
+    from dgmkd.models import MLPDGM
+
+    def models():
+        torch.manual_seed(0)
+        return MLPDGM(latent_dims=(2,), hidden=16, out_dim=2), MLPDGM(latent_dims=(2,), hidden=4, out_dim=2)
+
+    seen = []
+
+    def peek(step, row):  # the file already holds the flushed rows while the run goes on
+        if step == 45:
+            with open(tmp_path / "m.csv") as f:
+                seen.append(len(list(csv.reader(f))) - 1)
+
+    t, s = models()
+    h = dgmkd.distill(t, s, 32, steps=60, progress=False, log=tmp_path / "m.csv", callback=peek)
+    with open(tmp_path / "m.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == h["step"] and [float(r["loss"]) for r in rows] == h["loss"]
+    assert seen == [40]  # flushed every 20 steps
+    # a resumed run rewrites the file from the checkpoint's history, then goes on
+    t, s = models()
+    dgmkd.distill(t, s, 32, steps=30, progress=False, checkpoint=tmp_path / "c.pt", checkpoint_every=10)
+    t, s = models()
+    h2 = dgmkd.distill(t, s, 32, steps=50, progress=False, checkpoint=tmp_path / "c.pt", log=tmp_path / "r.csv")
+    with open(tmp_path / "r.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == h2["step"] == list(range(50))
+    assert [float(r["loss"]) for r in rows] == h2["loss"]
+
+
+def test_log_to_a_directory_needs_tensorboard(tmp_path):
+    import importlib.util
+
+    import dgmkd
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed")
+    lin = torch.nn.Linear(1, 1)
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        dgmkd.fit(lambda a, s: lin(a[0]).pow(2).mean(), lin, lambda: torch.ones(2, 1), steps=2, progress=False,
+                  log=tmp_path / "tb")

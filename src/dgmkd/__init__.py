@@ -11,13 +11,18 @@ from .coupling import Coupling, SitePair, couple
 from .delta import Delta
 from .handlers import SiteMismatchError
 from .reparam import UnsupportedDistributionError
+from .saving import load, save
 from .sites import deterministic, latent, target
-from .train import NonFiniteLossError, distill, train
+from . import train
+from .train import NonFiniteLossError, distill, fit, loop
+from .methods.flow_kd import distill_flow
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "latent", "target", "deterministic", "couple", "Delta", "Coupling", "SitePair", "distill", "train",
+    "latent", "target", "deterministic", "couple", "Delta", "Coupling", "SitePair", "distill", "fit", "loop",
+    "save", "load", "distill_flow",
+    "train",
     "losses", "divergences", "reparam", "handlers", "checkpoint",
     "SiteMismatchError", "UnsupportedDistributionError", "NonFiniteLossError",
 ]

@@ -26,7 +26,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ConfigError", "override", "load_file", "parse_value", "to_dict", "check"]
+__all__ = ["ConfigError", "override", "load_file", "parse_value", "to_dict", "check", "describe", "help_text"]
 
 
 class ConfigError(ValueError):
@@ -178,3 +178,142 @@ def load_file(cfg, path: str | Path):
 
 def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# meanings of keys that many experiments share (a field's own comment or ``metadata["help"]`` wins)
+COMMON_HELP = {
+    "seed": "base seed of every named random stream (dgmkd.harness.seed)",
+    "seeds": "seeds to repeat the whole comparison over (tables show mean ± sample sd)",
+    "progress": "progress bars (a terminal) or periodic log lines (a redirected log)",
+    "threads": "torch CPU threads",
+    "data_root": "directory holding the dataset files (for datasets that are not embedded)",
+    "dataset": "which data set to use",
+    "batch": "minibatch size",
+    "lr": "learning rate",
+    "steps": "optimization steps",
+    "latent_weight": "weight of the latent loss (Eq. 6) in the unified loss (Eq. 7, Chen et al. 2023)",
+    "latent_divergence": "divergence of the latent loss (kl, reverse_kl, w2, l2, l1)",
+    "divergence": "divergence of the surrogate loss (kl, reverse_kl, w2, l2, l1)",
+    "methods": "the methods compared",
+    "eval_samples": "samples per model for evaluation",
+    "teacher_steps": "teacher training steps",
+    "student_steps": "student training (distillation) steps",
+    "teacher_lr": "teacher learning rate",
+    "student_lr": "student learning rate",
+    "teacher_hidden": "teacher hidden width",
+    "student_hidden": "student hidden width(s)",
+    "scratch_steps": "training steps of the students trained from scratch (no teacher)",
+    "distill_steps": "distillation steps",
+    "distill_lr": "distillation learning rate",
+    "grid": "sample grids are grid x grid images",
+    "encoder_steps": "steps fitting a distilled student's encoder (inference network) on data afterwards",
+    "warmup": "KL warm-up steps",
+    "sigma": "standard deviation of the Gaussian pixel likelihood",
+    "latent_dims": "latent sizes, top to bottom",
+    "width": "channel width of the ladder VAE",
+    "nll_k": "importance samples of the NLL estimate",
+    "temperature": "softmax temperature of the KD loss (Hinton et al. 2015)",
+    "device": "torch device (cpu, cuda, cuda:1, mps)",
+    "distill_batch": "distillation batch size (data-free: samples per step)",
+    "ws_batch": "wake-sleep minibatch size",
+    "ws_lr": "wake-sleep learning rate",
+    "grad_clip": "gradient-norm clip",
+}
+
+
+def _source_comments(cls) -> dict[str, str]:
+    """Each field's comment in the class source: the ``# ...`` at the end of its line, or the
+    ``#`` lines right above it."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    above: list[str] = []
+    names = {f.name for f in dataclasses.fields(cls)}
+    lines = src.splitlines()
+    line_fields: dict[int, list[str]] = {}
+    for i, line in enumerate(lines):
+        s = line.split("#", 1)[0].strip()
+        heads = [part.split(":", 1)[0].strip() for part in s.split(";") if ":" in part]
+        heads = [h for h in heads if h in names]
+        if heads:
+            line_fields[i + 1] = heads
+    comments: dict[int, str] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    except (tokenize.TokenError, IndentationError):
+        return {}
+    for i, line in enumerate(lines, 1):
+        if line.strip().startswith("#"):
+            above.append(comments.get(i, ""))
+            continue
+        heads = line_fields.get(i, [])
+        text = comments.get(i) or " ".join(a for a in above if a)
+        parts = [t.strip() for t in text.split(";")]
+        for j, name in enumerate(heads):  # `a: int = 1; b: int = 2  # meaning of a; meaning of b`
+            if text:
+                out[name] = parts[j] if len(heads) > 1 and len(parts) == len(heads) else text
+        above = []
+    return out
+
+
+def describe(cfg) -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, meaning)`` for every field of a config dataclass (or instance): the
+    meaning is the field's ``metadata["help"]``, else the defining module's ``CONFIG_HELP[key]``,
+    else its comment in the source (at the end of its line, or the comment lines right above it),
+    else :data:`COMMON_HELP`, else ``""``.
+
+    Example:
+        >>> from dataclasses import dataclass, field
+        >>> @dataclass
+        ... class C:
+        ...     steps: int = 10
+        ...     width: int = field(default=8, metadata={"help": "hidden units"})
+        >>> [(k, d, m) for k, _, d, m in describe(C)]
+        [('steps', '10', 'optimization steps'), ('width', '8', 'hidden units')]
+    """
+    cls = cfg if isinstance(cfg, type) else type(cfg)
+    hints = typing.get_type_hints(cls)
+    comments = _source_comments(cls)
+    import sys
+
+    module_help = getattr(sys.modules.get(cls.__module__), "CONFIG_HELP", {})
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        tp = hints.get(f.name, f.type)
+        tname = getattr(tp, "__name__", None) if typing.get_origin(tp) is None else None
+        meaning = (f.metadata.get("help") or module_help.get(f.name) or comments.get(f.name)
+                   or COMMON_HELP.get(f.name, ""))
+        rows.append((f.name, tname or str(tp).replace("typing.", ""), _show(default), meaning))
+    return rows
+
+
+def _show(v) -> str:
+    if isinstance(v, (tuple, list)):
+        return ",".join(map(str, v)) if v else "(empty)"
+    if isinstance(v, str):
+        return repr(v) if v else "''"
+    return str(v)
+
+
+def help_text(cfg) -> str:
+    """The config keys of an experiment as a plain-text table (``dgmkd run EXP --help``)."""
+    rows = describe(cfg)
+    w = max(len(f"{k}={d}") for k, _, d, _ in rows)
+    out = ["config keys (--set KEY=VALUE; defaults shown):"]
+    for k, t, d, m in rows:
+        out.append(f"  {f'{k}={d}':{w}}  {m}{' ' if m else ''}[{t}]")
+    return "\n".join(out)

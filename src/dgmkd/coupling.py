@@ -104,6 +104,10 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
     input generator that maximizes the teacher/student disagreement (AVKD's adversarial term,
     DFAD). Freeze the teacher's parameters (``requires_grad_(False)``) to keep them out of it.
 
+    The teacher's targets are drawn when something first reads them (the student, a later site, a
+    Monte Carlo divergence, the caller; :func:`dgmkd.handlers.deferred_sample`): a closed-form
+    divergence never reads them, so they are never drawn for it.
+
     ``validate_args``: torch.distributions' argument checks (positive scales, probabilities in
     [0, 1], ...) cost a device synchronization per distribution, which on small models is a
     large share of a training step. ``None`` keeps torch's global setting; ``False`` turns the
@@ -115,7 +119,7 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
     if validate_args is None:
         validate_args = Distribution._validate_args
     with validation(validate_args):
-        with (nullcontext() if teacher_grad else torch.no_grad()), trace() as tt, draw_noise():
+        with (nullcontext() if teacher_grad else torch.no_grad()), trace() as tt, draw_noise(defer_targets=True):
             t_out = teacher(*args, **kwargs)
         rp = replay(tt.sites, mode)
         with trace() as st, rp:

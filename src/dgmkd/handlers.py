@@ -3,6 +3,8 @@
 * :class:`trace` records every site's message, in execution order;
 * :class:`draw_noise` writes each latent in semi-auxiliary form: it draws the auxiliary noise
   ``eps`` from the site's base law and sets ``z = g(params, eps)`` (Chen et al. 2023, §3.1);
+  with ``defer_targets=True`` a target's sample is drawn only when something first reads it
+  (:func:`deferred_sample`);
 * :class:`replay` runs a second model against a recorded trace: latents reuse the recorded noise
   (*shared noise*), targets — and in ``"teacher_forced"`` mode every site — take the recorded
   value (*teacher forcing*).
@@ -25,10 +27,14 @@ Example:
 
 from __future__ import annotations
 
+import torch
+from torch.distributions import Bernoulli, Categorical, Independent, Normal
+from torch.utils._pytree import tree_flatten
+
 from . import reparam
 from .sites import Messenger
 
-__all__ = ["trace", "draw_noise", "replay", "SiteMismatchError"]
+__all__ = ["trace", "draw_noise", "replay", "SiteMismatchError", "deferred_sample", "is_pending"]
 
 
 def _dist_shape(d):
@@ -59,15 +65,117 @@ class trace(Messenger):
         self.sites[name] = msg
 
 
+class _DeferredSample(torch.Tensor):
+    """A target's sample drawn on first use (see :func:`deferred_sample`).
+
+    Reading metadata (shape, dtype, device, ...) does not draw; any other torch operation on it
+    (arithmetic, ``log_prob``, ``detach``, printing, indexing) first fills it, in place and once,
+    with ``dist.rsample()`` / ``dist.sample()`` under ``no_grad``, then runs on the filled tensor
+    and returns plain tensors. Every reader (the model's later sites, the student's replay, a
+    Monte Carlo divergence, the caller of the model) sees the same one draw.
+    """
+
+    @staticmethod
+    def __new__(cls, fn, shape, dtype, device):
+        t = torch.Tensor._make_subclass(cls, torch.empty(shape, dtype=dtype, device=device), False)
+        t._dgmkd_fn = fn
+        return t
+
+    def _fill(self) -> None:
+        fn = self.__dict__.pop("_dgmkd_fn", None)
+        if fn is None:
+            return
+        with torch.no_grad():
+            v = fn.rsample() if fn.has_rsample else fn.sample()
+        with torch._C.DisableTorchFunctionSubclass():
+            if v.shape != self.shape or v.dtype != self.dtype:  # a wrong _sample_spec: never silently cast
+                raise RuntimeError(f"deferred sample of {type(fn).__name__}: expected {tuple(self.shape)} "
+                                   f"{self.dtype}, the distribution drew {tuple(v.shape)} {v.dtype}")
+            self.copy_(v)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in _METADATA:
+            for a in tree_flatten((args, kwargs))[0]:
+                if isinstance(a, _DeferredSample):
+                    a._fill()
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+_T = torch.Tensor
+_METADATA = {_T.shape.__get__, _T.dtype.__get__, _T.device.__get__, _T.ndim.__get__, _T.is_cuda.__get__,
+             _T.requires_grad.__get__, _T.layout.__get__, _T.grad_fn.__get__, _T.is_leaf.__get__,
+             _T.size, _T.dim, _T.numel, _T.__len__, _T.is_floating_point, _T.is_complex}
+
+
+def _sample_spec(fn):
+    """``(dtype, device)`` of ``fn.sample()`` without drawing, for the families whose sample type is
+    known; ``None`` for the others (they are sampled at once)."""
+    base = fn.base_dist if type(fn) is Independent else fn
+    if type(base) in (Bernoulli, Categorical):
+        p = base._param
+        return (torch.int64 if type(base) is Categorical else p.dtype), p.device
+    if type(base) is Normal:
+        return base.loc.dtype, base.loc.device
+    return None
+
+
+def deferred_sample(fn):
+    """A sample of ``fn`` that is drawn when something first reads it, or ``None`` when ``fn`` is of
+    a family whose sample dtype is not known in advance (Bernoulli, Categorical and Normal, plain
+    or in ``Independent``, are deferred), or when it must carry gradients (grad mode on and
+    ``fn.has_rsample``).
+
+    Why: in :func:`dgmkd.couple` the teacher's targets are sampled, but the unified loss with a
+    closed-form KL never reads them; on a 784-pixel Bernoulli decoder drawing them costs about as
+    much as the student's backward pass. A deferred target whose value nothing reads is never
+    drawn; one that is read (by a later site, the student's replay, a Monte Carlo divergence, the
+    model's caller) is drawn at the first read, from the same distribution, so every reader sees
+    the same one sample. Only the position of that draw in the RNG stream moves.
+
+    Example:
+        >>> import torch
+        >>> from torch.distributions import Bernoulli
+        >>> v = deferred_sample(Bernoulli(logits=torch.zeros(2, 3)))
+        >>> v.shape, is_pending(v)              # metadata does not draw
+        (torch.Size([2, 3]), True)
+        >>> s = float(v.sum()); is_pending(v)   # the first read draws, once
+        False
+        >>> float(v.sum()) == s
+        True
+    """
+    if torch.is_grad_enabled() and fn.has_rsample:
+        return None
+    spec = _sample_spec(fn)
+    if spec is None:
+        return None
+    return _DeferredSample(fn, fn.batch_shape + fn.event_shape, *spec)
+
+
+def is_pending(value) -> bool:
+    """Whether ``value`` is a deferred sample that nothing has read yet."""
+    return isinstance(value, _DeferredSample) and "_dgmkd_fn" in value.__dict__
+
+
 class draw_noise(Messenger):
-    """Compute every latent as ``g(params, eps)`` from a fresh auxiliary noise ``eps``."""
+    """Compute every latent as ``g(params, eps)`` from a fresh auxiliary noise ``eps``; with
+    ``defer_targets`` give targets a :func:`deferred_sample` (drawn only if something reads it)."""
+
+    def __init__(self, defer_targets: bool = False):
+        self.defer_targets = defer_targets
 
     def process_message(self, msg):
-        if msg["kind"] == "latent" and msg["value"] is None:
+        if msg["value"] is not None:
+            return
+        if msg["kind"] == "latent":
             r = reparam.lookup(msg["fn"])
             eps = r.noise_fn(msg["fn"])
             msg["noise"] = eps
             msg["value"] = r.transform_fn(msg["fn"], eps)
+        elif msg["kind"] == "target" and self.defer_targets:
+            msg["value"] = deferred_sample(msg["fn"])
 
 
 _MODES = ("shared_noise", "teacher_forced")

@@ -49,7 +49,7 @@ import torch
 
 __all__ = ["SPREAD", "seed", "manual_seed", "generator", "sweep", "summarize", "fmt", "table", "image_grid",
            "write_csv", "write_json", "write_text", "read_csv", "read_json", "load_config", "ReportDataError",
-           "save_figure", "pyplot", "cell"]
+           "save_figure", "pyplot", "cell", "save_models"]
 
 SPREAD = "mean ± sample standard deviation (ddof=1) over seeds; one seed: no spread shown"
 
@@ -236,6 +236,23 @@ def _atomic_write(path: Path, text: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def save_models(out: str | Path, models: dict[str, torch.nn.Module]) -> list[Path]:
+    """Save trained models as ``out/models/<role>.safetensors`` (:func:`dgmkd.save`: weights plus how
+    the library built them), so ``dgmkd.load(out / "models" / "<role>.safetensors")`` gives each back.
+
+    Roles name what the model is: ``teacher``, ``student-<method>-s<seed>`` (plus the size where a
+    run has several, e.g. ``student-unified-h16-s0``)."""
+    from .saving import save
+
+    paths = []
+    for role, m in models.items():
+        if not isinstance(role, str) or not role or not all(ch.isalnum() or ch in "._-" for ch in role):
+            raise ValueError(f"save_models: a role must be a non-empty name of letters, digits, '.', '_' or '-', "
+                             f"got {role!r}")
+        paths.append(save(m, Path(out) / "models" / f"{role}.safetensors"))
+    return paths
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -1,10 +1,13 @@
 """The one training loop.
 
-:func:`train` runs any ``step_fn`` for a number of steps with a progress bar, periodic atomic
+:func:`loop` runs any ``step_fn`` for a number of steps with a progress bar, periodic atomic
 checkpoints, resume after a kill, and a guard that stops on a non-finite loss and keeps the last
 good checkpoint. :func:`distill` builds the step of the unified method (Chen et al. 2023, Eq. 7)
 or of local distillation on top of it; the other methods of the library build their own steps
-and reuse :func:`train`.
+and reuse :func:`fit` (which runs :func:`loop`).
+
+``dgmkd.train`` is this module; the loop functions are ``dgmkd.fit``, ``dgmkd.distill`` and
+``dgmkd.loop``.
 
 Example (data-free: the inputs are a batch size):
     >>> import torch, dgmkd
@@ -28,6 +31,7 @@ import json
 import math
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -37,7 +41,7 @@ from . import distributed as ddp
 from . import losses
 from .coupling import couple
 
-__all__ = ["train", "fit", "distill", "minibatches", "NonFiniteLossError", "make_inputs"]
+__all__ = ["loop", "fit", "set_default_device", "distill", "minibatches", "NonFiniteLossError", "make_inputs"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -122,11 +126,11 @@ def check_finite(value: torch.Tensor | float, step: int, name: str = "loss", pat
         raise NonFiniteLossError(f"{name} is {v} at step {step}{': ' + why if why else ''}: training stopped{where}")
 
 
-def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: dict[str, Any] | None = None,
+def loop(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: dict[str, Any] | None = None,
           checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100, resume: bool = True,
           seed: int | None = 0, device=None, progress: bool = True, desc: str = "train",
           callback: Callable[[int, dict], None] | None = None, data_parallel: bool = False,
-          fingerprint: dict[str, Any] | None = None) -> dict[str, list]:
+          fingerprint: dict[str, Any] | None = None, log=None) -> dict[str, list]:
     """Run ``step_fn(args, step) -> metrics`` for ``steps`` steps.
 
     ``state`` maps names to objects with ``state_dict`` / ``load_state_dict`` (modules,
@@ -142,6 +146,13 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
     so another model, method or learning rate never silently continues (or returns) an old run.
     A checkpoint directory that cannot be written fails before the first step.
 
+    ``progress``: a tqdm bar when stderr is a terminal, else a plain line every tenth of the run
+    (a redirected log stays readable). ``log``: a ``.csv`` path gets the history written as it goes
+    (one row per step, flushed every :data:`LOG_FLUSH_EVERY` steps and at the end; on resume it is
+    rewritten from the checkpoint's history first); any other path is a TensorBoard log directory
+    (needs the ``tensorboard`` package); a list gives several. ``device=None`` uses the process
+    default (:func:`set_default_device`, which ``dgmkd run --device`` sets).
+
     Under ``torchrun`` (see :mod:`dgmkd.distributed`) rank 0 alone writes checkpoints, which
     hold every rank's RNG state, and metrics are averaged over ranks. With ``data_parallel=True``
     (the step synchronizes gradients itself, e.g. through :func:`dgmkd.distributed.wrap`, as
@@ -154,6 +165,7 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
     if checkpoint_every <= 0:
         raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
     state = state or {}
+    device = _DEFAULT_DEVICE if device is None else device
     ddp.init(device)
     device = ddp.device_for(device)
     world, rank = ddp.world_size(), ddp.rank()
@@ -207,11 +219,15 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
         ckpt.save(path, obj)
 
     growth: dict[str, Any] = {}
-    bar = None
+    bar = lines = None
     if progress and start < steps and rank == 0:
-        from tqdm.auto import tqdm
+        if _is_terminal():
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True, leave=True)
+            bar = tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True, leave=True)
+        else:
+            lines = _PlainProgress(desc, start, steps)
+    writers = _open_logs(log, history) if rank == 0 else []
     try:
         for step in range(start, steps):
             args = _to_device(get_args(step), device)
@@ -230,12 +246,105 @@ def train(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: d
                 bar.update(1)
                 if step % 10 == 0 or step == steps - 1:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in list(row.items())[:3]}, refresh=False)
+            elif lines is not None:
+                lines.update(step, row)
+            for w in writers:
+                w.write(step, row)
             if path and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 save(step + 1)
     finally:
         if bar is not None:
             bar.close()
+        for w in writers:
+            w.close()
     return history
+
+
+_DEFAULT_DEVICE = None
+LOG_FLUSH_EVERY = 20
+
+
+def set_default_device(device) -> None:
+    """The device :func:`loop`, :func:`fit` and :func:`distill` use when called with ``device=None``
+    (``None``: leave modules and inputs where they are). ``dgmkd run --device`` sets it."""
+    global _DEFAULT_DEVICE
+    _DEFAULT_DEVICE = None if device is None else torch.device(device)
+
+
+def _is_terminal() -> bool:
+    import sys
+
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+class _PlainProgress:
+    """Progress as plain lines on stderr, about every tenth of the run: readable in a redirected log."""
+
+    def __init__(self, desc, start, steps):
+        import sys
+        import time
+
+        self.desc, self.steps, self.every = desc, steps, max(1, steps // 10)
+        self.t0, self.start, self.clock, self.out = time.perf_counter(), start, time.perf_counter, sys.stderr
+
+    def update(self, step, row):
+        if (step + 1) % self.every and step + 1 != self.steps:
+            return
+        rate = (step + 1 - self.start) / max(self.clock() - self.t0, 1e-9)
+        vals = "  ".join(f"{k} {v:.4g}" for k, v in list(row.items())[:3])
+        print(f"{self.desc}: step {step + 1}/{self.steps}  {vals}  ({rate:.1f} steps/s)", file=self.out, flush=True)
+
+
+class _CsvLog:
+    def __init__(self, path, history):
+        import csv
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "w", newline="")
+        self.w = csv.writer(self.f)
+        self.keys = [k for k in history if k != "step"] or None
+        self.n = 0
+        if self.keys:  # a resumed run: the history so far first
+            self.w.writerow(["step", *self.keys])
+            for i, st in enumerate(history["step"]):
+                self.w.writerow([st, *(repr(history[k][i]) if i < len(history[k]) else "" for k in self.keys)])
+
+    def write(self, step, row):
+        if self.keys is None:
+            self.keys = list(row)
+            self.w.writerow(["step", *self.keys])
+        self.w.writerow([step, *(repr(row[k]) if k in row else "" for k in self.keys)])
+        self.n += 1
+        if self.n % LOG_FLUSH_EVERY == 0:
+            self.f.flush()
+
+    def close(self):
+        self.f.close()
+
+
+class _TensorBoardLog:
+    def __init__(self, logdir):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(f"log={str(logdir)!r} is a TensorBoard directory (not a .csv file), which needs the "
+                              f"tensorboard package: pip install tensorboard ({e})") from e
+        self.w = SummaryWriter(str(logdir))
+
+    def write(self, step, row):
+        for k, v in row.items():
+            self.w.add_scalar(k, v, step)
+
+    def close(self):
+        self.w.close()
+
+
+def _open_logs(log, history) -> list:
+    if log is None:
+        return []
+    logs = [log] if isinstance(log, (str, os.PathLike)) else list(log)
+    return [_CsvLog(p, history) if str(p).endswith(".csv") else _TensorBoardLog(p) for p in logs]
 
 
 GROWTH_WARNING = 1e6  # a loss this many times larger in magnitude than its first value is reported
@@ -298,7 +407,7 @@ def minibatches(*tensors: torch.Tensor, batch: int) -> Callable[[], tuple]:
     """A sampler for :func:`fit`: each call returns one minibatch of ``tensors`` (rows drawn
     uniformly with replacement, the same rows from every tensor).
 
-    The rows come from torch's global RNG, which :func:`train` seeds, checkpoints and restores, so
+    The rows come from torch's global RNG, which :func:`loop` seeds, checkpoints and restores, so
     a resumed run draws the minibatches an uninterrupted one would. Under ``torchrun`` each rank
     draws ``batch / world_size`` rows from its own stream, so the ranks together see ``batch``.
 
@@ -320,7 +429,7 @@ def minibatches(*tensors: torch.Tensor, batch: int) -> Callable[[], tuple]:
         raise ValueError(f"minibatches: batch must be a positive integer, got {batch!r}")
 
     def draw():
-        idx = torch.randint(n, (ddp.split_batch(batch) if ddp.active() else batch,))
+        idx = torch.randint(n, (ddp.split_batch(batch) if ddp.active() else batch,), device=tensors[0].device)
         return tuple(t[idx] for t in tensors)
 
     return draw
@@ -364,11 +473,11 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
         seed: int | None = 0, device=None, progress: bool = True, desc: str = "fit",
         callback: Callable[[int, dict], None] | None = None, sync_gradients: bool = True,
         data_parallel: bool | None = None, fingerprint: dict[str, Any] | None = None,
-        explain: Callable[[], str] | None = None) -> dict[str, list]:
+        explain: Callable[[], str] | None = None, log=None) -> dict[str, list]:
     """Minimize ``objective`` over the parameters of ``modules``: the one optimization loop.
 
     Every training loop of the library (teachers, scratch students, distillation, the method loops,
-    generators, feature networks) is a call of :func:`fit`, so each gets :func:`train`'s atomic
+    generators, feature networks) is a call of :func:`fit`, so each gets :func:`loop`'s atomic
     checkpoints, exact resume, progress bar and non-finite guard, and runs data-parallel under
     ``torchrun``.
 
@@ -389,7 +498,7 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
     ``DistributedDataParallel`` module, as in :func:`distill`), so N processes train like one with
     an N-times larger batch. ``data_parallel=False`` runs every rank replicated instead.
 
-    The checkpoint's fingerprint (see :func:`train`) holds the modules' parameter shapes, the
+    The checkpoint's fingerprint (see :func:`loop`) holds the modules' parameter shapes, the
     optimizer and its hyperparameters, ``grad_clip`` and whatever ``fingerprint`` adds; resuming
     with any of them changed is an error listing what changed. ``explain()``, called only when a
     loss is non-finite, adds its cause to the error (``distill`` names the offending sites).
@@ -419,6 +528,7 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
         if not ps:
             raise ValueError(f"fit: {'objective ' + repr(k) + ' has' if k else 'the modules have'} no trainable "
                              "parameters")
+    device = _DEFAULT_DEVICE if device is None else device
     ddp.init(device)
     device = ddp.device_for(device)
     if device is not None:
@@ -492,9 +602,9 @@ def fit(objective: Callable | dict[str, Callable], modules: torch.nn.Module | di
                              "hyper": [{h: v for h, v in g.items() if h != "params"} for g in o.param_groups]}
                          for k, o in opts.items()},
           "objectives": sorted(objectives), "grad_clip": grad_clip, "seed": seed, **(fingerprint or {})}
-    return train(step_fn, inputs, steps, state=state, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+    return loop(step_fn, inputs, steps, state=state, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                  resume=resume, seed=seed, device=device, progress=progress, desc=desc, callback=callback,
-                 data_parallel=parallel, fingerprint=fp)
+                 data_parallel=parallel, fingerprint=fp, log=log)
 
 
 class _Objective(torch.nn.Module):
@@ -553,7 +663,7 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
             grad_clip: float | None = None, checkpoint: str | os.PathLike | None = None,
             checkpoint_every: int = 100, resume: bool = True, seed: int | None = 0, device=None,
             progress: bool = True, callback: Callable[[int, dict], None] | None = None,
-            find_unused_parameters: bool | None = None) -> dict[str, list]:
+            find_unused_parameters: bool | None = None, log=None) -> dict[str, list]:
     """Distill ``teacher`` into ``student``; returns the loss history.
 
     ``method``:
@@ -571,9 +681,13 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     the run's noise stream is unchanged) and lets DDP look for unused parameters only if some
     student parameter got no gradient on some rank; pass ``True`` if which parameters are used
     changes from step to step.
+
+    ``log="metrics.csv"`` writes the history as it goes (a directory path: TensorBoard; see
+    :func:`loop`).
     """
     if isinstance(method, str) and method not in ("unified", "local"):
         raise ValueError(f"unknown method {method!r}; choose 'unified', 'local' or pass loss(coupling)")
+    device = _DEFAULT_DEVICE if device is None else device
     ddp.init(device)
     device = ddp.device_for(device)
     if device is not None:
@@ -620,7 +734,7 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
                optimizer=optimizer if optimizer is not None else "adam", grad_clip=grad_clip,
                checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, seed=seed, device=device,
                progress=progress, desc=f"distill[{method if isinstance(method, str) else 'custom'}]",
-               callback=callback, sync_gradients=False, data_parallel=distributed, explain=explain,
+               callback=callback, sync_gradients=False, data_parallel=distributed, explain=explain, log=log,
                fingerprint={"method": method, "latent_weight": latent_weight, "divergence": divergence,
                             "latent_divergence": latent_divergence, "deterministic": deterministic,
                             "teacher": weights_hash(teacher),

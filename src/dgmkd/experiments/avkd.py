@@ -68,6 +68,16 @@ class Config:
             raise ConfigError("seeds=(): give at least one seed")
 
 
+CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
+    'tasks': 'tasks A and/or B',
+    'n_student': 'student steps per generator step',
+    'lr_g': 'generator learning rate',
+    'lr_d': 'discriminator learning rate (AVKD)',
+    'w_prior': 'weight of the prior (VAE) term of the generator loss',
+    'w_adv': 'weight of the adversarial term of the generator loss',
+    'patch_downsample': 'downsampling factor of the prior-data patches',
+}
+
 QUICK = {"seeds": (0,), "supervised_steps": 100, "iters": 15, "n_student": 2, "n_patches": 500}
 TEST = {"supervised_steps": 20, "iters": 3, "n_patches": 100}
 
@@ -119,6 +129,7 @@ def run_method(method: str, teacher, d: dict, cfg: Config, seed: int) -> tuple[f
         m.generator.eval()
         extra["samples"] = m.sample(k * k, torch.arange(k).repeat_interleave(k)) if method in ("vkd", "avkd") \
             else m.sample(64)
+    extra["student"] = student
     return 100 * accuracy(student, d["xte"], d["yte"]), extra
 
 
@@ -141,11 +152,13 @@ def run(cfg: Config, out: Path) -> dict:
             supervised(teacher, d["xtr"], d["ytr"], cfg.supervised_steps, cfg.batch,
                        seed=harness.seed(seed, "teacher-train", task), progress=cfg.progress)
             teacher.eval()
+            harness.save_models(out, {f"teacher-{task}-s{seed}": teacher})
             t_acc = 100 * accuracy(teacher, d["xte"], d["yte"])
             for method in cfg.methods:
                 if method != "teacher":
                     t0 = time.time()
                     acc, extra = run_method(method, teacher, d, cfg, seed)
+                    harness.save_models(out, {f"student-{method}-{task}-s{seed}": extra["student"]})
                     info["final_terms"].update({f"{task}/{seed}/{method}": extra["last"]} if "last" in extra else {})
                     if seed == cfg.seeds[0] and "samples" in extra:
                         images[f"{task}/{method}"] = extra["samples"]

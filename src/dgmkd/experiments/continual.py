@@ -92,6 +92,12 @@ class Config:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not allowed; {msg}")
 
 
+CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
+    'splits': 'old>new splits to run',
+    'old_lr': 'learning rate of M_old',
+    'new_lr': 'learning rate of the continual step',
+}
+
 QUICK = {"splits": ("0-4>5-9",), "seeds": (0,), "old_steps": 1000, "warmup": 300, "new_steps": 300,
          "methods": ("unified", "local", "lgm", "curl", "finetune")}
 TEST = {"splits": ("even>odd",), "width": 4, "old_steps": 20, "warmup": 5, "new_steps": 6, "batch": 32, "seeds": (0, 1),
@@ -183,6 +189,7 @@ def run(cfg: Config, out: Path) -> dict:
                 desc=f"M_old {split}", checkpoint=out / "models" / f"old_{slug}_seed{seed}.ckpt",
                 checkpoint_every=max(1, cfg.old_steps // 3))
             old.eval().requires_grad_(False)
+            harness.save_models(out, {f"teacher-{slug}-s{seed}": old})
             base, s_old = _score(old, data, net, ("old",), seed, split)
             base_row = {"split": split, "seed": seed, "n_old": len(xo), "n_new": len(xn), "share": share}
             rows.append({**base_row, "method": "M_old", "r": None, **base})
@@ -199,7 +206,7 @@ def run(cfg: Config, out: Path) -> dict:
                     delta = {f"{p}_dold_{k}": m[f"{p}_old_{k}"] - base[f"{p}_old_{k}"] for p in ("val", "test") for k, _ in METRICS}
                     rows.append({**base_row, "method": method, "r": r_m, **m, **delta, "final_l_new": h["l_new"][-1],
                                  "final_l_pre": h["l_pre"][-1]})
-                    torch.save(new.state_dict(), out / "models" / f"new_{slug}_{method}_r{r_m:.3g}_seed{seed}.pt")
+                    harness.save_models(out, {f"student-{method}-{slug}-r{r_m:.3g}-s{seed}": new})
                     panels.update({f"{method}: old": s["old"], f"{method}: new": s["new"]})
                 if seed == cfg.seeds[0]:
                     for cond in ("old", "new"):

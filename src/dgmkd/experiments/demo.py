@@ -40,6 +40,10 @@ class Config:
                 raise ConfigError(f"{key}={value!r}: must be {'>= 0' if key == 'latent_weight' else 'positive'}")
 
 
+CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
+    'teacher_gain': "factor on the teacher's initial weight matrices (curves its output distribution)",
+}
+
 QUICK = {"steps": 300}
 TEST = {"steps": 40, "eval_samples": 200}
 
@@ -57,6 +61,7 @@ def run(cfg: Config, out: Path) -> dict:
         for p in teacher.parameters():
             p.mul_(cfg.teacher_gain if p.dim() == 2 else 1.0)
     rows, results, every = [], {}, max(1, cfg.steps // 6)
+    trained = {"teacher": teacher}
     for method in ("unified", "local"):
         harness.manual_seed(cfg.seed, "student-init")  # both methods start from the same student
         student = MLPDGM(latent_dims=(2, 2), hidden=cfg.student_hidden, out_dim=2)
@@ -75,6 +80,8 @@ def run(cfg: Config, out: Path) -> dict:
         results[method] = {"mmd2_before": before, "mmd2_after": after,
                            "loss_first": hist["loss"][0], "loss_last": hist["loss"][-1]}
         rows += [{"method": method, "step": s, "loss": l} for s, l in zip(hist["step"], hist["loss"])]
+        trained[f"student-{method}-s{cfg.seed}"] = student
+    harness.save_models(out, trained)
     harness.write_csv(out / "history.csv", rows)
     harness.write_json(out / "results.json", results)
     report(out)

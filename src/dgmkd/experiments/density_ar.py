@@ -101,6 +101,7 @@ def run_part(cfg, out: Path, part: str, seed: int) -> None:
              t_steps, lr=cfg.img_teacher_lr, grad_clip=100.0, seed=harness.seed(seed, part, "teacher-fit"),
              progress=cfg.progress, desc=f"{part} teacher")
     teacher.eval().requires_grad_(False)
+    harness.save_models(out, {f"teacher-{part}": teacher})
     harness.write_json(out / f"{part}_teacher.json", {
         **{k: _nll(cfg, teacher, encode(x, harness.generator(seed, part, "dequantize", k)), part)
            for k, x in (("train", tr), ("heldout", te))}, "train_rows": len(tr)})
@@ -123,6 +124,7 @@ def run_part(cfg, out: Path, part: str, seed: int) -> None:
     hists = {"teacher": th}
     for name in cfg.img_losses:
         student, hists[name] = distill_student(cfg, name, teacher, tr, encode, pool, steps, seed, part)
+        harness.save_models(out, {f"student-{name}-{part}-s{seed}": student})
         harness.manual_seed(seed, part, "student-samples")
         xs, seconds = _timed(student, n)
         rows.append(row(name, xs, seconds, float(np.mean(hists[name]["loss"][-50:]))))

@@ -92,6 +92,31 @@ class Config:
             need(getattr(self, k) >= 1, k, "a positive integer")
 
 
+CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
+    'dims': 'dimensions T of the linear-Gaussian teachers',
+    'losses': 'student losses of the linear part',
+    'distance': 'distance of the reconstruction losses (l2 or l1)',
+    'teacher_loc': "norm of the linear teacher's mean",
+    'signal_every': 'measure the expansion signal every this many steps',
+    'prop1_samples': 'samples of the Monte Carlo check of Prop. 1',
+    'parts': 'which parts to run: linear, digits, sequences',
+    'img_losses': 'student losses of the autoregressive parts',
+    'img_alpha': 'logit-transform margin of the dequantized pixels',
+    'img_teacher_hidden': 'hidden widths of the autoregressive image teacher',
+    'img_teacher_steps': 'teacher training steps (autoregressive parts)',
+    'img_teacher_lr': 'teacher learning rate (autoregressive parts)',
+    'img_steps': 'student steps (image part)',
+    'img_student_layers': 'IAF layers of the image student',
+    'img_student_hidden': 'hidden widths of each IAF layer',
+    'img_oracle_pool': 'teacher samples in the oracle-prediction pool (image part)',
+    'img_grad_clip': 'gradient-norm clip of the autoregressive parts',
+    'seq_teacher_channels': 'channels of the causal-conv sequence teacher',
+    'seq_teacher_steps': 'teacher training steps (sequence part)',
+    'seq_steps': 'student steps (sequence part)',
+    'seq_oracle_pool': 'teacher samples in the oracle-prediction pool (sequence part)',
+    'seq_eval_samples': 'samples per model for the sequence metrics',
+}
+
 QUICK = {"steps": 600, "seeds": (0, 1), "signal_every": 2, "smooth": 20, "prop1_samples": 20000, "img_steps": 300,
          "img_teacher_steps": 600, "img_oracle_pool": 2000, "img_teacher_hidden": (256, 256), "seq_samples": 2000,
          "parts": ("linear", "digits"),  # the sequence part is slow on CPU: `--quick --set parts=sequences`
@@ -139,6 +164,7 @@ def _linear(cfg: Config, out: Path) -> None:
         runs = [(s0, n) for n in cfg.losses] + [(s, "reverse_kl") for s in cfg.seeds[1:] if "reverse_kl" in cfg.losses]
         for s, name in runs:
             row, h, lt, ls, teacher, student = _train(cfg, dim, s, name)
+            harness.save_models(out, {f"teacher-T{dim}-s{s}": teacher, f"student-{name}-T{dim}-s{s}": student})
             rows.append(row)
             if name == "reverse_kl":
                 expansion += [{"T": dim, "seed": s, "step": i * cfg.signal_every, "p_expand": v}

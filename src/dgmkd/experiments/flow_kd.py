@@ -82,6 +82,27 @@ class Config:
             raise ConfigError(f"datasets={self.datasets!r} holds a UCI benchmark: set data_root=DIR (its files)")
 
 
+CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
+    'datasets': 'tabular data sets (faithful, wine, breast_cancer, patches; UCI ones need data_root)',
+    'archs': 'flow architectures: maf, glow',
+    'maf_student': 'student MAF (steps, hidden)',
+    'glow_teacher': 'teacher Glow (steps, hidden)',
+    'glow_student': 'student Glow (steps, hidden)',
+    'grad_clip': 'gradient-norm clip',
+    'skd_temperature': 'prior temperature T of the SKD samples',
+    'patches': 'sizes of the image-patch data set (n_train, n_val, n_test)',
+    'speed_batch': 'batch of the density-evaluation timing',
+    'speed_repeats': 'repeats of the timing',
+    'image_levels': 'Glow levels of the digits part',
+    'image_teacher': 'digits teacher Glow (steps, hidden)',
+    'image_student': 'digits student Glow (steps, hidden)',
+    'image_student_steps': 'digits student steps',
+    'image_batch': 'digits minibatch size',
+    'image_lr': 'digits learning rate',
+    'image_seeds': 'seeds of the digits students',
+    'image_samples': 'samples per model for the digits metrics',
+}
+
 QUICK = {"datasets": ("faithful", "wine"), "seeds": (0,), "teacher_steps": 150, "student_steps": 60,
          "eval_every": 30, "speed_repeats": 3, "image_teacher_steps": 80, "image_student_steps": 40,
          "image_teacher": (4, 32), "image_student": (2, 16), "image_samples": 300, "progress": False}
@@ -132,6 +153,7 @@ def run(cfg: Config, out: Path) -> dict:
             status = _train(teacher, (tr, va), cfg.teacher_steps, cfg, harness.seed(cfg.seed, "teacher-train", ds, arch),
                             f"{ds}/{arch}/teacher", batch=cfg.batch)
             teacher.eval()
+            harness.save_models(out, {f"teacher-{ds}-{arch}": teacher})
             rows.append({**base, "model": "teacher", "seed": cfg.seed, "test_ll": -evaluate_nll(teacher, te),
                          "params": n_params(teacher), "status": status})
             for s in cfg.seeds:
@@ -146,6 +168,7 @@ def run(cfg: Config, out: Path) -> dict:
                                     f"{ds}/{arch}/{method}/s{s}", teacher=teacher, method=method, batch=cfg.batch,
                                     prior_batch=cfg.prior_batch, temperature=cfg.skd_temperature)
                     ll = -evaluate_nll(student, te)
+                    harness.save_models(out, {f"student-{method}-{ds}-{arch}-s{s}": student})
                     rows.append({**row, "test_ll": ll, "params": n_params(student),
                                  "status": status if math.isfinite(ll) or status != "ok" else "non-finite test LL"})
                     print(f"{ds}/{arch}/{method}/seed {s}: test LL {ll:.3f} ({rows[-1]['status']})", flush=True)
@@ -215,6 +238,7 @@ def run_images(cfg: Config, out: Path) -> None:
         return model.eval(), status
 
     def evaluate(model, name, seed, status):
+        harness.save_models(out, {"teacher-digits-glow" if name == "teacher" else f"student-{name}-digits-glow-s{seed}": model})
         r = {"model": name, "seed": seed, "test_bpd": bits_per_dim(model, te_deq), "params": n_params(model),
              "status": status}
         gen = harness.generator(cfg.seed, "interpolation-pairs")

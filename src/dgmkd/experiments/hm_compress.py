@@ -51,6 +51,11 @@ class Config:
         check_sizes(self, teacher_hidden=self.teacher_hidden, rws_k=self.rws_k, kl_samples=self.kl_samples)
 
 
+CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
+    'split_seed': 'seed of the fixed random held-out split',
+    'rws_k': 'importance samples of reweighted wake-sleep',
+}
+
 QUICK = {"seeds": (0,), "student_hidden": (2,), "teacher_steps": 300, "scratch_steps": 300, "distill_steps": 300,
          "kl_samples": 20000, "grid": 60}
 TEST = {"teacher_steps": 40, "scratch_steps": 30, "distill_steps": 30, "kl_samples": 2000, "grid": 20}
@@ -169,6 +174,8 @@ def run(cfg: Config, out: Path) -> dict:
         rows += harness.sweep(one, hidden=cfg.student_hidden, method=METHODS, log=print if cfg.progress else None)
     harness.write_csv(out / "results.csv", rows)
     torch.save({k: m.state_dict() for k, m in models.items()}, out / "models.pt")
+    harness.save_models(out, {k if k == "teacher" else f"student-{k.split()[1]}-{k.split()[0]}-s{cfg.seeds[0]}": m
+                              for k, m in models.items()})
     harness.write_json(out / "timing.json", {"elapsed_s": time.time() - t0})
     report(out)
     return {"rows": rows}

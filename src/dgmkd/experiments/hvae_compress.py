@@ -79,6 +79,11 @@ class Config:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not allowed: {allowed}")
 
 
+CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
+    'teacher_width': 'teacher channel width',
+    'ratios': "compression ratios: each student has about 1/r of the teacher's parameters",
+}
+
 QUICK = {"teacher_width": 32, "ratios": (15, 50), "teacher_steps": 800, "warmup": 250, "student_steps": 350,
          "encoder_steps": 150, "methods": ("unified", "local", "scratch"), "seeds": (0,), "eval_samples": 400,
          "nll_k": 20}
@@ -205,6 +210,7 @@ def run(cfg: Config, out: Path) -> dict:
               "teacher", checkpoint=out / "teacher.ckpt", checkpoint_every=max(1, cfg.teacher_steps // 4))
     meta["teacher_s"] = time.time() - t_start
     teacher.eval().requires_grad_(False)
+    harness.save_models(out, {"teacher": teacher})
     harness.manual_seed("teacher", "samples")
     t_samples = _samples(teacher, cfg.eval_samples)
     # the teacher's -T entries compare two independent teacher samples: the floor of the -T metrics
@@ -212,7 +218,6 @@ def run(cfg: Config, out: Path) -> dict:
     rows = [{"size": "teacher", "method": "teacher", "seed": None, "width": cfg.teacher_width,
              "params": teacher.num_parameters(), "params_generative": teacher.num_parameters("generative"), **trow}]
     harness.image_grid(ts, out / "samples_teacher.png", cfg.grid, f"teacher ({_count(teacher.num_parameters())})")
-    (out / "models").mkdir(exist_ok=True)
     t0 = time.time()
     for seed in cfg.seeds:
         for w, r in student_widths(cfg, size, channels):
@@ -228,7 +233,7 @@ def run(cfg: Config, out: Path) -> dict:
                 rows.append({"size": f"1/{r}", "method": method, "seed": seed, "width": w,
                              "params": student.num_parameters(), "params_generative": student.num_parameters("generative"),
                              "final_loss": h["loss"][-1], "train_s": train_s, **row})
-                torch.save(student.state_dict(), out / "models" / f"student_{r}_{method}_seed{seed}.pt")
+                harness.save_models(out, {f"student-{method}-r{r}-s{seed}": student})
                 if seed == cfg.seeds[0]:
                     harness.image_grid(s, out / f"samples_{r}_{method}.png", cfg.grid,
                                        f"student 1/{r} ({_count(student.num_parameters())}), {method}")

@@ -84,6 +84,16 @@ class Config:
 
 
 VARIANTS = ("gaussian", "binomial")
+CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
+    'variant': 'which chains: gaussian, binomial or both',
+    'layers': 'chain depths L of the depth sweep',
+    'dre': 'also estimate the KL by density-ratio estimation (a classifier) next to the exact grid KL',
+    'regime_layers': 'chain depth of the regime sweep',
+    'regime_hidden': 'student widths of the regime sweep (0 = linear)',
+    'regime_steps': 'distillation steps of the regime sweep',
+    'regime_seeds': 'seeds of the regime sweep',
+}
+
 QUICK = {"layers": (1, 4, 8), "seeds": (0,), "steps": 120, "binomial_steps": 40, "eval_samples": 600,
          "regime_layers": 4, "regime_hidden": (0, 16), "regime_steps": (50, 150), "regime_seeds": (0,)}
 TEST = {"layers": (1, 2), "steps": 10, "binomial_steps": 5, "eval_samples": 120, "regime_layers": 2,
@@ -133,8 +143,9 @@ def evaluate(variant: str, teacher, student, cfg: Config, seed: int) -> dict:
 
 
 def train_and_evaluate(variant: str, layers: int, method: str, lam: float | None, hidden: int, steps: int,
-                       seed: int, cfg: Config) -> dict:
-    """Distill one student (init, distillation noise, evaluation: each its own stream of ``seed``), measure it."""
+                       seed: int, cfg: Config, out: Path | None = None) -> dict:
+    """Distill one student (init, distillation noise, evaluation: each its own stream of ``seed``), measure it;
+    with ``out``, save it as ``models/student-<method>-<variant>-L<layers>-h<hidden>-n<steps>-s<seed>``."""
     teacher = (GaussianTeacherChain(layers, noise_var=cfg.noise_var) if variant == "gaussian"
                else BinomialTeacherChain(layers, total=cfg.total))
     student = make_student(variant, layers, hidden, seed, cfg)
@@ -143,6 +154,9 @@ def train_and_evaluate(variant: str, layers: int, method: str, lam: float | None
                    method=method, steps=steps, lr=cfg.lr, latent_weight=lam or 0.0,
                    seed=harness.seed(seed, "distill", variant, layers), progress=cfg.progress)
     train_s, t0 = time.time() - t0, time.time()
+    if out is not None:
+        harness.save_models(out, {f"student-{'local' if lam is None else f'unified{lam:g}'}-{variant}-L{layers}"
+                                  f"-h{hidden}-n{steps}-s{seed}": student})
     ev = evaluate(variant, teacher, student, cfg, seed=harness.seed(seed, "eval", variant, layers, hidden, steps))
     label = "local" if lam is None else f"unified(lambda={lam:g})"
     return {"variant": variant, "layers": layers, "method": label, "lambda": lam, "hidden": hidden, "steps": steps,
@@ -163,7 +177,7 @@ def run(cfg: Config, out: Path) -> dict:
 
     def sweep(name, variant, layers, hidden, steps, seeds):
         return harness.sweep(lambda layers, hidden, steps, m, seed: {"sweep": name, **train_and_evaluate(
-            variant, layers, *m, hidden, steps, seed, cfg)}, layers=layers, hidden=hidden, steps=steps,
+            variant, layers, *m, hidden, steps, seed, cfg, out)}, layers=layers, hidden=hidden, steps=steps,
             m=method_grid(cfg), seed=seeds, log=log)
 
     rows = []

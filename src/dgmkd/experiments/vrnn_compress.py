@@ -62,6 +62,10 @@ class Config:
             raise ConfigError(f"eval_samples={self.eval_samples}: FD and MMD need at least 10 samples")
 
 
+CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
+    'z_dim': 'latent size per time step',
+}
+
 QUICK = {"seeds": (0,), "num_samples": 1000, "student_hidden": (16,), "teacher_steps": 150, "scratch_steps": 150,
          "distill_steps": 100, "classifier_steps": 150, "eval_samples": 300, "iwae_k": 5, "iwae_test": 100,
          "encoder_steps": 20}
@@ -151,6 +155,8 @@ def run(cfg: Config, out: Path) -> dict:
                           log=print if cfg.progress else None)
     harness.write_csv(out / "results.csv", rows)
     torch.save({k: m.state_dict() for k, m in models.items()}, out / "models.pt")
+    harness.save_models(out, {k if k == "teacher" else f"student-{k.split()[1]}-{k.split()[0]}-s{cfg.seeds[0]}": m
+                              for k, m in models.items()})
     harness.write_json(out / "meta.json", {"elapsed_s": time.time() - t0, "classifier_acc": acc, "iwae_sequences": len(x_test)})
     report(out)
     return {"rows": rows, "classifier_acc": acc}

@@ -59,7 +59,7 @@ from ..train import fit as _fit
 from ..train import minibatches
 
 __all__ = ["WEIGHTS", "state_map", "FlowSites", "couple", "flow_kd_loss", "fit", "evaluate_nll",
-           "lkd_sites", "ilkd_sites"]
+           "lkd_sites", "ilkd_sites", "distill_flow", "as_flow"]
 
 # (l0, l1, l2) of Eq. (15). The paper's text gives LKD = 1/0/0, which would make the LKD student
 # the plain student; we give LKD the ILKD row's distillation weight (see docs/flow_kd.md).
@@ -187,7 +187,7 @@ def fit(flow: nn.Module, x_train: torch.Tensor, steps: int, *, teacher: nn.Modul
         prior_batch: int = 128, temperature: float = 1.0, lr: float = 1e-3, weight_decay: float = 1e-6,
         warmup: int = 0, grad_clip: float | None = 10.0, x_val: torch.Tensor | None = None,
         eval_every: int = 100, pairs=None, seed: int = 0, progress: bool = False,
-        checkpoint=None, desc: str = "flow") -> dict:
+        checkpoint=None, desc: str = "flow", log=None, device=None) -> dict:
     """Train ``flow`` by its NLL (no ``teacher``) or by Eq. (15) with ``method`` in
     ``student`` / ``lkd`` / ``ilkd`` / ``skd`` (weights from :data:`WEIGHTS` unless given), through
     :func:`dgmkd.train.fit`: AdamW, linear learning-rate warm-up over ``warmup`` steps, gradient-norm
@@ -222,9 +222,90 @@ def fit(flow: nn.Module, x_train: torch.Tensor, steps: int, *, teacher: nn.Modul
     hist = _fit(objective, flow, minibatches(x_train, batch=min(batch, len(x_train))), steps, lr=lr,
                 optimizer="adamw", weight_decay=weight_decay, grad_clip=grad_clip,
                 lr_schedule=(lambda s: min(1.0, (s + 1) / warmup)) if warmup else None,
-                checkpoint=checkpoint, seed=seed, progress=progress, desc=desc, callback=validate)
+                checkpoint=checkpoint, seed=seed, progress=progress, desc=desc, callback=validate, log=log,
+                device=device)
     if best["state"] is not None:
         flow.load_state_dict(best["state"])
     hist["best_val"] = best["val"]
     hist["best_step"] = best["step"]
     return hist
+
+
+def as_flow(flow) -> nn.Module:
+    """``flow`` as a flow with states (:class:`~dgmkd.models.flows.FlowBase`): the library's flows
+    (``maf``, ``realnvp``, ``Glow``) as they are, a zuko flow (``zuko.flows.MAF``, ``NSF``,
+    ``RealNVP``, ... — unconditional, with zuko's standard-normal base) wrapped in
+    :class:`~dgmkd.models.flows.ZukoFlow`, which shares its parameters (training the wrapper trains
+    ``flow``)."""
+    from ..models.flows import FlowBase, ZukoFlow
+
+    if isinstance(flow, FlowBase):
+        return flow
+    try:
+        import zuko
+    except ImportError:  # pragma: no cover - zuko is a dependency
+        zuko = None
+    if zuko is not None and isinstance(flow, zuko.flows.Flow):
+        base = flow.base()
+        if not isinstance(base, torch.distributions.Distribution) or len(base.event_shape) != 1:
+            raise TypeError("distill_flow: a zuko flow needs an unconditional base with a flat event (its "
+                            "flow() takes no context)")
+        loc, scale = base.mean, base.stddev
+        if not (torch.allclose(loc, torch.zeros_like(loc)) and torch.allclose(scale, torch.ones_like(scale))):
+            raise ValueError("distill_flow: the zuko flow's base is not a standard normal; the flow KD losses "
+                             "(Walton et al.) assume one")
+        return ZukoFlow(flow)
+    raise TypeError(f"distill_flow: expected a zuko flow or a dgmkd flow (maf, realnvp, Glow), got "
+                    f"{type(flow).__name__}")
+
+
+def distill_flow(teacher, student, data: torch.Tensor, method: str = "ilkd", steps: int = 1000, *,
+                 weights: tuple[float, float, float] | None = None, batch: int = 256, prior_batch: int = 128,
+                 temperature: float = 1.0, lr: float = 1e-3, weight_decay: float = 1e-6, warmup: int = 0,
+                 grad_clip: float | None = 10.0, val: torch.Tensor | None = None, eval_every: int = 100,
+                 seed: int = 0, progress: bool = True, checkpoint=None, log=None, device=None) -> dict:
+    """Distill a normalizing flow ``teacher`` into ``student`` on ``data`` (Walton et al.,
+    "Distilling Normalizing Flows", Eq. 15): ``l0 * NLL_s(x) + l1 * (I)LKD + l2 * SKD``.
+
+    ``teacher`` / ``student``: zuko flows (any unconditional ``zuko.flows.Flow``: MAF, NSF,
+    RealNVP, ...) or the library's flows (``dgmkd.models.flows.maf``, ``realnvp``, ``Glow``; a
+    teacher and a student Glow need the same levels). ``method``:
+
+    * ``"lkd"`` — the final latents agree on data (Eq. 12);
+    * ``"ilkd"`` — the intermediate states agree too, teacher step ``(j+1)k-1`` against student
+      step ``j`` (:func:`state_map`; Eq. 13);
+    * ``"skd"`` — ILKD plus the generated samples agree from shared prior draws
+      ``z ~ N(0, temperature^2 I)`` (Eq. 14).
+
+    ``weights=(l0, l1, l2)`` overrides :data:`WEIGHTS`. The student is trained in place through
+    :func:`dgmkd.train.fit` (AdamW, warm-up, clipping, checkpoints, ``log=`` as in
+    :func:`dgmkd.distill`); with ``val`` the student with the best validation NLL is kept. Returns
+    the history (``loss``, ``nll``, ``lkd``, ``ilkd``, ``skd`` per step, plus ``best_val``).
+
+    Example:
+        >>> import torch, zuko, dgmkd
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(512, 2) @ torch.tensor([[1.0, 0.8], [0.0, 0.6]])
+        >>> teacher = zuko.flows.NSF(2, transforms=2, hidden_features=[16])
+        >>> student = zuko.flows.MAF(2, transforms=1, hidden_features=[8])
+        >>> h = dgmkd.distill_flow(teacher, student, x, method="skd", steps=20, progress=False)
+        >>> sorted(k for k in h if k in ("nll", "lkd", "ilkd", "skd"))
+        ['ilkd', 'lkd', 'nll', 'skd']
+    """
+    if method not in ("lkd", "ilkd", "skd"):
+        raise ValueError(f"distill_flow: unknown method {method!r}; choose 'lkd', 'ilkd' or 'skd'")
+    if not isinstance(data, torch.Tensor) or data.dim() < 2 or len(data) == 0:
+        raise TypeError("distill_flow: data must be a non-empty tensor of examples (N, D) or (N, C, H, W)")
+    t, s = as_flow(teacher), as_flow(student)
+    if t.dim is not None and s.dim is not None and t.dim != s.dim:
+        raise ValueError(f"distill_flow: the teacher has {t.dim} dimensions, the student {s.dim}")
+    from ..train import _DEFAULT_DEVICE
+
+    device = _DEFAULT_DEVICE if device is None else device
+    if device is not None:
+        t.to(device)
+        val = val.to(device) if val is not None else None
+    return fit(s, data, steps, teacher=t, method=method, weights=weights, batch=batch, prior_batch=prior_batch,
+               temperature=temperature, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
+               x_val=val, eval_every=eval_every, seed=seed, progress=progress, checkpoint=checkpoint,
+               desc=f"distill_flow[{method}]", log=log, device=device)

@@ -45,6 +45,7 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from ..sites import deterministic, latent, target
+from ..saving import buildable
 
 __all__ = ["MaskedLinear", "MADE", "InvertibleSampler", "AutoregressiveGaussian", "GaussianAutoregressive",
            "CausalConv1d", "CausalConvAutoregressive", "soft_clamp", "standard_normal_log_prob"]
@@ -213,6 +214,7 @@ class AutoregressiveGaussian(InvertibleSampler):
         return x, logdet
 
 
+@buildable
 class GaussianAutoregressive(AutoregressiveGaussian):
     """``x_t = mu_t(x_<t) + sigma_t(x_<t) z_t`` with MADE conditionals (Huang et al. §4).
 
@@ -245,6 +247,7 @@ class CausalConv1d(nn.Conv1d):
         return super().forward(nn.functional.pad(x, (self.left, 0)))
 
 
+@buildable
 class CausalConvAutoregressive(AutoregressiveGaussian):
     """A WaveNet-style Gaussian autoregressive model of sequences of length ``length``.
 

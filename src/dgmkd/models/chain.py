@@ -17,10 +17,12 @@ from torch import nn
 from torch.distributions import Normal, Uniform
 
 from ..sites import latent, target
+from ..saving import buildable
 
 __all__ = ["ResidualChain"]
 
 
+@buildable
 class ResidualChain(nn.Module):
     """``layers`` scalar variables; sites ``z1..z{L-1}`` are latents and ``y`` the target."""
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from ..sites import target
+from ..saving import buildable
 
 __all__ = ["BasicBlock", "ResNetClassifier", "teacher_net", "student_net", "num_params", "accuracy"]
 
@@ -53,6 +54,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(h)) + self.short(x))
 
 
+@buildable
 class ResNetClassifier(nn.Module):
     """Stem conv, one stage of ``blocks`` basic blocks per entry of ``widths`` (stride 2 between
     stages), global average pooling, linear head. ``forward(x)`` is the DGM: it returns the
@@ -86,11 +88,13 @@ class ResNetClassifier(nn.Module):
         return target("y", Categorical(logits=self.logits(x)))
 
 
+@buildable
 def teacher_net(num_classes: int = 10, in_channels: int = 1) -> ResNetClassifier:
     """The default teacher: widths (16, 32), two basic blocks per stage (~42k parameters)."""
     return ResNetClassifier(num_classes, in_channels, widths=(16, 32), blocks=2)
 
 
+@buildable
 def student_net(num_classes: int = 10, in_channels: int = 1) -> ResNetClassifier:
     """The default student: the teacher's depth at half its width (~4x fewer parameters)."""
     return ResNetClassifier(num_classes, in_channels, widths=(8, 16), blocks=2)

@@ -28,10 +28,12 @@ Example:
 from __future__ import annotations
 
 from .hvae import LadderVAE
+from ..saving import buildable
 
 __all__ = ["CondLadderVAE"]
 
 
+@buildable
 class CondLadderVAE(LadderVAE):
     """:class:`LadderVAE` conditioned on a one-hot ``c`` in every encoder and decoder block.
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .autoregressive import standard_normal_log_prob
+from ..saving import buildable
 
 __all__ = ["FlowBase", "ZukoFlow", "maf", "realnvp", "Glow", "ActNorm", "InvConv1x1", "AffineCoupling",
            "squeeze", "unsqueeze", "slerp_norm"]
@@ -108,6 +109,7 @@ class ZukoFlow(FlowBase):
         return z
 
 
+@buildable
 def maf(features: int, steps: int = 5, hidden: int = 32, layers: int = 2) -> ZukoFlow:
     """Masked autoregressive flow (Papamakarios et al. 2017), zuko's ``MAF`` with ``steps``
     autoregressive transforms (reversed orders alternate) of ``layers`` hidden layers of ``hidden``
@@ -117,6 +119,7 @@ def maf(features: int, steps: int = 5, hidden: int = 32, layers: int = 2) -> Zuk
     return ZukoFlow(zuko.flows.MAF(features, transforms=steps, hidden_features=[hidden] * layers))
 
 
+@buildable
 def realnvp(features: int, steps: int = 5, hidden: int = 32, layers: int = 2) -> ZukoFlow:
     """RealNVP (Dinh et al. 2017), zuko's ``RealNVP``: affine couplings with alternating masks."""
     import zuko
@@ -255,6 +258,7 @@ class GlowStep(nn.Module):
         return y
 
 
+@buildable
 class Glow(FlowBase):
     """Multi-scale Glow on inputs of shape ``(C, H, W)``.
 

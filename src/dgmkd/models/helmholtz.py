@@ -43,6 +43,7 @@ from torch.distributions import Bernoulli, Normal
 
 from ..handlers import trace
 from ..sites import latent, target
+from ..saving import buildable
 
 __all__ = ["HelmholtzMachine", "HelmholtzRecognition", "wake_sleep_loss", "LATENTS"]
 
@@ -53,6 +54,7 @@ def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, d_out))
 
 
+@buildable
 class HelmholtzMachine(nn.Module):
     """The generative model ``z4 -> z3 -> y2 -> z2 -> z1 -> y1`` (site names as written).
 
@@ -148,6 +150,7 @@ def _check_y(y: torch.Tensor) -> torch.Tensor:
     return y
 
 
+@buildable
 class HelmholtzRecognition(nn.Module):
     """Recognition model ``q(z | y)`` for wake-sleep, with the true posterior's structure.
 

@@ -59,6 +59,7 @@ from torch.distributions import Bernoulli, Normal
 import torch.nn.functional as F
 
 from .. import sites
+from ..saving import buildable
 
 __all__ = ["LadderVAE", "iw_nll", "kl_weight"]
 
@@ -87,6 +88,7 @@ def _rename_old_stem_keys(fc_index: int):
     return hook
 
 
+@buildable
 class LadderVAE(nn.Module):
     """Five-layer ladder VAE for ``image_size`` in {8, 16, 32, 64} (square images).
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .autoregressive import MADE, InvertibleSampler, soft_clamp, standard_normal_log_prob
+from ..saving import buildable
 
 __all__ = ["IAFLayer", "IAF"]
 
@@ -69,6 +70,7 @@ class IAFLayer(nn.Module):
         return z, logdet
 
 
+@buildable
 class IAF(InvertibleSampler):
     """A stack of ``layers`` affine IAF layers with alternating order (the student ``S: z -> x``)."""
 

@@ -24,10 +24,12 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 from .autoregressive import InvertibleSampler
+from ..saving import buildable
 
 __all__ = ["LinearGaussian"]
 
 
+@buildable
 class LinearGaussian(InvertibleSampler):
     """``x = loc + R z`` with ``z ~ N(0, I)``; trainable (a student) unless ``trainable=False``.
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from ..sites import latent, target
+from ..saving import buildable
 
 __all__ = ["MLPDGM"]
 
@@ -35,6 +36,7 @@ class _Gaussian(nn.Module):
         return loc, nn.functional.softplus(s) + self.min_std
 
 
+@buildable
 class MLPDGM(nn.Module):
     """Gaussian latent layers ``z1 -> ... -> zL -> y`` with MLP conditionals (site names
     ``z1..zL`` and ``y``). ``model(n)`` samples ``n`` outputs."""

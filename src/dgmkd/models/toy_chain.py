@@ -50,6 +50,7 @@ from torch.distributions import Binomial, Categorical, Normal, Uniform
 
 from .. import reparam
 from ..sites import latent, target
+from ..saving import buildable
 
 __all__ = ["QuantileBinomial", "GaussianTeacherChain", "BinomialTeacherChain", "GaussianStudentChain", "BinomialStudentChain",
            "power_map"]
@@ -118,6 +119,7 @@ class _Chain(nn.Module):
         return z
 
 
+@buildable
 class GaussianTeacherChain(_Chain):
     """The continuous teacher of Fig. 2: ``z_1 ~ U[-1,1]``, ``z_{i+1} ~ N(sign(z)|z|^power, noise_var)``."""
 
@@ -138,6 +140,7 @@ class GaussianTeacherChain(_Chain):
         return Normal(power_map(z, self.power), self.noise_std)
 
 
+@buildable
 class GaussianStudentChain(_Chain):
     """Residual Gaussian student; ``hidden = 0`` is a linear (affine) residual."""
 
@@ -164,6 +167,7 @@ class GaussianStudentChain(_Chain):
         return Normal(z + self.res[i](z), self.log_std[i].exp())
 
 
+@buildable
 class BinomialTeacherChain(_Chain):
     """The discrete teacher of Fig. 5: ``z_1`` uniform on ``0..total``, ``z_{i+1} ~ Bin(total, z_i/total)``."""
 
@@ -192,6 +196,7 @@ class BinomialTeacherChain(_Chain):
         return QuantileBinomial(self.total, probs=(z / self.total).clamp(0.0, 1.0 - 1e-6))
 
 
+@buildable
 class BinomialStudentChain(BinomialTeacherChain):
     """Binomial student with a residual in logit space: ``p = sigmoid(logit(clip(z/N)) + r_i(z/N))``.
 

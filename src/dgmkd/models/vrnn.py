@@ -40,6 +40,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
 from ..sites import latent, target
+from ..saving import buildable
 
 __all__ = ["VRNN", "SeqCNN"]
 
@@ -59,6 +60,7 @@ class _GaussHead(nn.Module):
         return loc, nn.functional.softplus(s) + self.min_std
 
 
+@buildable
 class VRNN(nn.Module):
     """A VRNN sampler/density with sites ``z{t}`` (latent), ``pen{t}`` and ``x{t}`` (targets).
 
