@@ -90,6 +90,12 @@ class Config:
                 ("latent_divergence", self.latent_divergence in ("w2", "kl"), "choose w2 or kl")]:
             if not ok:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not allowed; {msg}")
+        from ..config import check_ranges
+
+        check_ranges(self, nonempty=("latent_dims",),
+                     positive=("width", "latent_dims", "sigma", "batch", "old_steps", "old_lr", "new_steps", "new_lr",
+                               "grid", "threads"),
+                     nonnegative=("warmup", "latent_weight", "consistency_weight"))
 
 
 QUICK = {"splits": ("0-4>5-9",), "seeds": (0,), "old_steps": 1000, "warmup": 300, "new_steps": 300,
