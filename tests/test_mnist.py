@@ -247,3 +247,22 @@ def test_pixels_must_be_finite_and_in_range_and_splits_non_empty(tmp_path):
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros((0,), np.uint8))
     with pytest.raises(DataFormatError, match="split is empty"):
         load_mnist(tmp_path, "train")
+
+
+def test_a_bad_data_file_is_a_clear_cli_error(tmp_path, capsys):
+    """``dgmkd run ... --set dataset=mnist-idx`` on labels out of range: exit 2 with the reader's
+    message (file, record), no traceback, and the run directory marked failed."""
+    import json
+
+    from dgmkd.cli import main
+
+    _idx_folder(tmp_path / "mnist")
+    y = np.arange(60, dtype=np.uint8) % 10
+    y[7] = 200
+    write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte", y)
+    out = tmp_path / "run"
+    assert main(["run", "hvae-compress", "--quick", "--quiet", "--out", str(out), "--set", "dataset=mnist-idx",
+                 "--set", f"data_root={tmp_path / 'mnist'}"]) == 2
+    err = capsys.readouterr().err
+    assert "train-labels-idx1-ubyte" in err and "label 200 of record 7" in err and "Traceback" not in err
+    assert json.loads((out / "status.json").read_text())["status"] == "failed"

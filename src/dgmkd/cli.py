@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import config as cfgmod
 from . import distributed, experiments, report, rundir
+from .data.errors import DataFormatError
 from .train import NonFiniteLossError
 
 
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:  # the guard stopped training; status.json says failed
         print(f"dgmkd: error: {e} (run directory {out} is marked failed)", file=sys.stderr)
         return 3
+    except DataFormatError as e:  # the user's data files; status.json says failed
+        print(f"dgmkd: error: {e} (run directory {out} is marked failed)", file=sys.stderr)
+        return 2
     finally:
         warnings.showwarning = shown
     if notes and (out / "report.md").is_file():
