@@ -108,3 +108,94 @@ def test_every_experiment_default_round_trips_through_the_command_line():
                 continue
             back = getattr(override(cfg, [f"{f.name}={_as_cli(v)}"]), f.name)
             assert back == v, (name, f.name, v, back)
+
+
+# ------------------------------------------------------------------------------------ every experiment's ranges
+# a value of 0 that an experiment documents as meaningful (a linear residual student)
+_ZERO_OK = {("toy-chain", "hidden"), ("toy-chain", "binomial_hidden"), ("toy-chain", "regime_hidden")}
+
+
+def _bad_values(exp: str, key: str) -> list[str]:
+    """The out-of-range ``--set`` values of a config key, by what the key's name says it is."""
+    bad = []
+    if key in ("steps", "iters") or (key.endswith("_steps") and key != "encoder_steps"):
+        bad += ["0", "-5"]
+    if key in ("encoder_steps", "warmup"):
+        bad += ["-5"]
+    if key == "batch" or key.endswith("_batch"):
+        bad += ["0", "-1"]
+    if key == "lr" or key.endswith("_lr") or key.startswith("lr_"):
+        bad += ["nan", "inf", "0", "-1"]
+    if key.endswith("eval_samples") or key in ("image_samples", "nll_k", "iwae_k", "iwae_test", "kl_samples"):
+        bad += ["0"]
+    if key == "ratios":
+        bad += ["0", "15,0"]
+    if key in ("latent_weight", "consistency_weight", "w_prior", "w_adv"):
+        bad += ["-1", "nan"]
+    if "hidden" in key or "width" in key or key == "z_dim":
+        bad += ["-3"] + ([] if (exp, key) in _ZERO_OK else ["0"])
+    if key == "latent_divergence":
+        bad += ["w3"]
+    if key in ("dataset", "datasets"):
+        bad += ["digit"]
+    if key.endswith("seeds"):
+        bad += [""]
+    if "fraction" in key:
+        bad += ["0", "1", "1.5", "-0.1"]
+    if key in ("methods", "tasks", "archs", "losses", "parts", "splits"):
+        bad += ["", "bogus"]
+    if key in ("latent_dims", "dims", "layers"):
+        bad += ["", "0"]
+    if key in ("sigma", "y_std", "noise_var") or key.endswith("temperature"):
+        bad += ["0", "-1"]
+    if key == "threads":
+        bad += ["0"]
+    if key.endswith("grad_clip"):
+        bad += ["-1"]
+    return bad
+
+
+def _bad_cases():
+    import dataclasses
+
+    from dgmkd import experiments
+
+    return [(name, f.name, v) for name in experiments.EXPERIMENTS
+            for f in dataclasses.fields(experiments.get(name).Config()) if f.type not in (bool, "bool")
+            for v in _bad_values(name, f.name)]
+
+
+def test_the_bad_value_table_covers_the_reported_inputs():
+    cases = {(k, v) for _, k, v in _bad_cases()}
+    for kv in [("steps", "0"), ("steps", "-5"), ("batch", "0"), ("lr", "nan"), ("eval_samples", "0"), ("ratios", "0"),
+               ("latent_weight", "-1"), ("student_hidden", "0"), ("latent_divergence", "w3"), ("dataset", "digit"),
+               ("teacher_width", "0"), ("width", "0"), ("seeds", ""), ("val_fraction", "1")]:
+        assert kv in cases, kv
+    assert {n for n, _, _ in _bad_cases()} >= {"demo", "hm-compress", "vrnn-compress", "hvae-compress", "toy-chain",
+                                               "density-distill", "flow-kd", "avkd", "continual"}
+
+
+@pytest.mark.parametrize("experiment,key,value", _bad_cases())
+def test_every_out_of_range_value_stops_before_the_run_directory(tmp_path, monkeypatch, capsys, experiment, key,
+                                                                 value):
+    """``dgmkd run EXP --set key=bad --out DIR``: exit 2 with a message naming the key, the value and
+    what is allowed, and neither DIR nor a default runs/ folder exists afterwards."""
+    import re
+
+    from dgmkd import experiments
+    from dgmkd.cli import main
+
+    def accepted(cfg, out):
+        raise AssertionError(f"{experiment}: {key}={value!r} was accepted")
+
+    monkeypatch.setattr(experiments.get(experiment), "run", accepted)  # fail fast, never train
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert main(["run", experiment, "--quick", "--quiet", "--out", str(out), "--set", f"{key}={value}"]) == 2
+    msg = capsys.readouterr().err
+    assert key in msg and (value.split(",")[-1] if value else "()") in msg, msg
+    assert re.search(r"must|choose|allowed|need|give|use", msg), msg
+    if key in ("dataset", "datasets"):  # names the data sets that exist, not a missing data_root
+        default = getattr(__import__("dgmkd.experiments", fromlist=["get"]).get(experiment).Config(), key)
+        assert str(default if isinstance(default, str) else default[0]) in msg, msg
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())

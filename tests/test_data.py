@@ -152,3 +152,68 @@ def test_celeba_reader_rejects_malformed_files(tmp_path):
     (tmp_path / "d" / "img_align_celeba" / "000002.png").write_bytes(b"garbage")
     with pytest.raises(DataFormatError, match="cannot read"):
         load_celeba(tmp_path / "d", "all")
+
+
+# ------------------------------------------------------------------------------------ hostile files
+def test_svhn_damaged_empty_or_mislabelled_files_are_data_format_errors(tmp_path):
+    (tmp_path / "empty.mat").write_bytes(b"")
+    with pytest.raises(DataFormatError, match="empty.mat.*MatReadError"):
+        read_svhn_mat(tmp_path / "empty.mat")
+    write_svhn(tmp_path / "none.mat", n=0)
+    with pytest.raises(DataFormatError, match="holds no images"):
+        read_svhn_mat(tmp_path / "none.mat")
+    write_svhn(tmp_path / "lab.mat", n=4, y=np.array([[1], [2], [0], [11]], np.uint8))
+    with pytest.raises(DataFormatError, match="label 0 of image 2 is not"):
+        read_svhn_mat(tmp_path / "lab.mat")
+    write_svhn(tmp_path / "nan.mat", n=2, y=np.array([[1.0], [np.nan]]))
+    with pytest.raises(DataFormatError, match="image 1"):
+        read_svhn_mat(tmp_path / "nan.mat")
+
+
+def test_svhn_declared_size_is_checked_before_loading(tmp_path):
+    write_svhn(tmp_path / "a.mat", n=3)
+    with pytest.raises(DataFormatError, match=r"X \(32, 32, 3, 3\).*max_bytes"):
+        read_svhn_mat(tmp_path / "a.mat", max_bytes=32 * 32 * 3 * 3 - 1)
+    assert read_svhn_mat(tmp_path / "a.mat", max_bytes=32 * 32 * 3 * 3)[0].shape == (3, 3, 32, 32)
+
+
+def test_cifar_bad_label_names_the_record_and_offset(tmp_path):
+    raw, _, _ = cifar_records(3)
+    bad = bytearray(raw)
+    bad[2 * 3073] = 10
+    (tmp_path / "b.bin").write_bytes(bytes(bad))
+    with pytest.raises(DataFormatError, match=r"label byte 10 of record 2 \(byte offset 6146\)"):
+        read_cifar_bin(tmp_path / "b.bin")
+
+
+def test_celeba_image_dimensions_are_checked_before_decoding(tmp_path):
+    """A PNG of a few KB whose header says 5000 x 5000 is refused from the header (decoding it
+    to RGB would take 75 MB); the bound is the caller's to raise."""
+    from PIL import Image
+
+    write_celeba(tmp_path, n=2, partition=None, shape=(20, 20))
+    big = tmp_path / "img_align_celeba" / "000002.png"
+    Image.new("1", (5000, 5000)).save(big)
+    assert big.stat().st_size < 100_000
+    with pytest.raises(DataFormatError, match=r"000002.png.*5000x5000.*max_pixels"):
+        load_celeba(tmp_path, "all", size=8)
+    assert load_celeba(tmp_path, "all", size=8, max_pixels=5000 * 5000)[0].shape == (2, 3, 8, 8)
+
+
+def test_celeba_binary_text_files_and_empty_splits(tmp_path):
+    write_celeba(tmp_path / "a")
+    attr = tmp_path / "a" / "list_attr_celeba.txt"
+    attr.write_bytes(attr.read_bytes()[:40] + b"\xff\xfe\x00" + attr.read_bytes()[40:])
+    with pytest.raises(DataFormatError, match=r"list_attr_celeba.txt' line 3 \(byte offset 40\): not text"):
+        load_celeba(tmp_path / "a", "all")
+    write_celeba(tmp_path / "b")
+    (tmp_path / "b" / "list_eval_partition.txt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(DataFormatError, match="list_eval_partition.txt' line 1"):
+        load_celeba(tmp_path / "b", "train")
+    write_celeba(tmp_path / "c", partition=(0, 0, 0))
+    with pytest.raises(DataFormatError, match="split 'test'.*holds no image"):
+        load_celeba(tmp_path / "c", "test")
+    # blank lines do not shift the line numbers of later errors
+    write_celeba(tmp_path / "d", rows=["000001.png 1 1 1", "", "000002.png 1 1 1", "000003.png 1 1"])
+    with pytest.raises(DataFormatError, match="line 6: expected a file name"):
+        load_celeba(tmp_path / "d", "all")

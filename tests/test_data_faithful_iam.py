@@ -144,3 +144,35 @@ def test_vrnn_compress_runs_on_iam_strokes(tmp_path):
     (out / "report.md").unlink()
     assert main(["report", str(out), "--out", str(tmp_path / "cmp.md")]) == 0
     assert (out / "report.md").read_text() == text
+
+
+def test_iam_nan_inf_or_overflowing_coordinates_name_file_and_line(tmp_path):
+    from dgmkd.data import DataFormatError
+
+    bad = tmp_path / "a01-000u-00.xml"
+    for x, msg in (("nan", "coordinates must be finite"), ("-inf", "coordinates must be finite"),
+                   ("1e300", "does not fit a float32")):
+        bad.write_text("<WhiteboardCaptureSession>\n<StrokeSet>\n<Stroke>\n"
+                       '<Point x="1" y="2" time="0"/>\n'
+                       f'<Point x="{x}" y="3" time="1"/>\n'
+                       "</Stroke>\n</StrokeSet>\n</WhiteboardCaptureSession>\n")
+        with pytest.raises(DataFormatError, match=f"a01-000u-00.xml line 5: .*{msg}"):
+            read_strokes(bad)
+    # a NaN in one file of a set must stop the set, not turn every window's scale into NaN
+    root = _iam_lines(tmp_path / "set")
+    f = sorted(root.rglob("*.xml"))[2]
+    f.write_text(f.read_text().replace('x="107"', 'x="nan"', 1))
+    with pytest.raises(IAMFormatError, match=f"{f.name} line 1"):
+        iam_split(root, seq_len=5, generator=torch.Generator().manual_seed(0))
+
+
+def test_iam_parse_errors_and_empty_splits_are_data_format_errors(tmp_path):
+    from dgmkd.data import DataFormatError
+
+    bad = tmp_path / "b.xml"
+    bad.write_bytes(b"<WhiteboardCaptureSession>\n<StrokeSet>\n\xff\xfe\x00</StrokeSet>")
+    with pytest.raises(DataFormatError, match="b.xml line 3: not well-formed"):
+        read_strokes(bad)
+    root = _iam_lines(tmp_path / "short", n=3, points=6)  # lines of 6 points: no window of 50
+    with pytest.raises(DataFormatError, match="no stroke sequence in the 2 training files has at least 50"):
+        iam_split(root, seq_len=50, generator=torch.Generator().manual_seed(0))

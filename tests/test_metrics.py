@@ -171,13 +171,39 @@ def test_inception_fid_needs_local_weights(tmp_path):
             inception_fid(imgs, imgs, tmp_path / "w.pth")
 
 
-def test_a_corrupt_feature_net_cache_is_retrained(tmp_path, capsys):
+def test_a_corrupt_feature_net_cache_is_retrained(tmp_path, capsys, monkeypatch):
+    """A cache file of random bytes is reported and replaced by a freshly trained network (here with
+    a few steps), which the next call then loads instead of training again."""
     import os
 
     from dgmkd import feature_net
 
-    good = feature_net.digits_feature_net()  # the shared cache (trained once, deterministic)
-    (tmp_path / f"digits_cnn_{feature_net._VERSION}.pt").write_bytes(os.urandom(4096))
+    real, calls = feature_net.train_feature_net, []
+
+    def short(x, y, **kw):
+        calls.append(tuple(x.shape))
+        return real(x, y, **{**kw, "steps": 3})
+
+    monkeypatch.setattr(feature_net, "train_feature_net", short)
+    path = tmp_path / f"digits_cnn_{feature_net._VERSION}.pt"
+    path.write_bytes(os.urandom(4096))
     net = feature_net.digits_feature_net(cache=tmp_path)
     assert "ignoring unreadable feature-net cache" in capsys.readouterr().out
-    assert all(torch.equal(a, b) for a, b in zip(good.state_dict().values(), net.state_dict().values()))
+    assert calls == [(1438, 1, 8, 8)]  # trained on the digits' training split
+    saved = torch.load(path, weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
+    again = feature_net.digits_feature_net(cache=tmp_path)
+    assert len(calls) == 1 and "ignoring" not in capsys.readouterr().out  # loaded, not retrained
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    assert 0.0 <= feature_net.digits_accuracy(tmp_path) <= 1.0
+
+
+def test_an_unreadable_feature_net_accuracy_file_reads_as_unknown(tmp_path):
+    import os
+
+    from dgmkd import feature_net
+
+    (tmp_path / f"digits_cnn_{feature_net._VERSION}.json").write_bytes(os.urandom(256))
+    assert feature_net.digits_accuracy(tmp_path) is None
+    (tmp_path / f"digits_cnn_{feature_net._VERSION}.json").write_text('{"test_accuracy": 0.97}')
+    assert feature_net.digits_accuracy(tmp_path) == 0.97

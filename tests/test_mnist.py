@@ -153,3 +153,116 @@ def test_experiments_run_on_mnist_idx_files(tmp_path, short_feature_net, experim
     text = (out / "report.md").read_text()
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.md").read_text() == text
+
+
+# ------------------------------------------------------------------------------------ hostile IDX files
+def _gz_zeros(path, head: bytes, zeros: int):
+    """A gzip file: ``head`` then ``zeros`` zero bytes, compressed in chunks (a few KB on disk)."""
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts, block = [c.compress(head)], bytes(1 << 20)
+    for i in range(0, zeros, len(block)):
+        parts.append(c.compress(block[: min(len(block), zeros - i)]))
+    path.write_bytes(b"".join(parts) + c.flush())
+
+
+def _peak(fn):
+    """``(exception raised by fn, peak traced allocation in bytes)``."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the caller checks which
+        err = e
+    else:
+        err = None
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return err, peak
+
+
+def test_gzip_bomb_is_refused_in_bounded_memory(tmp_path):
+    """A gzipped file of 64 MB of zeros behind a header claiming 4 bytes: the reader stops after the
+    claimed bytes (plus one) instead of decompressing everything first."""
+    p = tmp_path / "bomb-idx1-ubyte.gz"
+    _gz_zeros(p, bytes([0, 0, 0x08, 1]) + struct.pack(">i", 4), 64 << 20)
+    assert p.stat().st_size < 200_000
+    err, peak = _peak(lambda: read_idx(p))
+    assert isinstance(err, DataFormatError) and "more than 4" in str(err) and str(p) in str(err)
+    assert peak < 8 << 20, peak
+
+
+def test_header_claiming_more_than_the_bound_is_refused_before_reading(tmp_path):
+    p = tmp_path / "big-idx3-ubyte.gz"
+    _gz_zeros(p, bytes([0, 0, 0x08, 3]) + struct.pack(">3i", 3000, 1000, 1000), 1 << 20)  # claims 3 GB
+    err, peak = _peak(lambda: read_idx(p))
+    assert isinstance(err, DataFormatError) and "max_bytes" in str(err) and "(3000, 1000, 1000)" in str(err)
+    assert peak < 4 << 20, peak
+    # the bound is the caller's to raise: a file within it reads
+    write_idx(tmp_path / "ok", np.zeros((10, 10), np.uint8))
+    with pytest.raises(DataFormatError, match="max_bytes"):
+        read_idx(tmp_path / "ok", max_bytes=99)
+    assert read_idx(tmp_path / "ok", max_bytes=100).shape == (10, 10)
+
+
+def test_negative_or_odd_dimensions_name_the_file_and_offset(tmp_path):
+    p = tmp_path / "neg"
+    p.write_bytes(bytes([0, 0, 0x08, 2]) + struct.pack(">2i", -2, -3) + bytes(6))  # product 6 = the bytes held
+    with pytest.raises(DataFormatError, match=r"dimension 0 \(byte offset 4\) is -2"):
+        read_idx(p)
+    p.write_bytes(bytes([0, 0, 0x08, 3]) + struct.pack(">2i", 2, 3))  # 3 dims declared, 2 present
+    with pytest.raises(DataFormatError, match="truncated inside its header"):
+        read_idx(p)
+    p.write_bytes(b"")
+    with pytest.raises(DataFormatError, match="empty file"):
+        read_idx(p)
+
+
+@pytest.mark.parametrize("label", [10, 200, 255])
+def test_labels_outside_the_classes_are_refused(tmp_path, label):
+    _write_split(tmp_path, "train", 6, 0)
+    y = np.arange(6, dtype=np.uint8)
+    y[4] = label
+    write_idx(tmp_path / "train-labels-idx1-ubyte", y)
+    with pytest.raises(DataFormatError, match=rf"label {label} of record 4 is outside 0\.\.9"):
+        load_mnist(tmp_path, "train")
+    if label < 255:
+        assert load_mnist(tmp_path, "train", num_classes=label + 1)[1][4] == label  # e.g. EMNIST's 62 classes
+
+
+def test_pixels_must_be_finite_and_in_range_and_splits_non_empty(tmp_path):
+    _write_split(tmp_path, "train", 3, 0)
+    x = np.zeros((3, 28, 28), np.float32)
+    x[1, 5, 6] = np.nan
+    write_idx(tmp_path / "train-images-idx3-ubyte", x)
+    with pytest.raises(DataFormatError, match=r"pixel \(5, 6\) of image 1 is nan"):
+        load_mnist(tmp_path, "train")
+    x[1, 5, 6] = 300.0
+    write_idx(tmp_path / "train-images-idx3-ubyte", x)
+    with pytest.raises(DataFormatError, match="in 0..255"):
+        load_mnist(tmp_path, "train")
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros((0,), np.uint8))
+    with pytest.raises(DataFormatError, match="split is empty"):
+        load_mnist(tmp_path, "train")
+
+
+def test_a_bad_data_file_is_a_clear_cli_error(tmp_path, capsys):
+    """``dgmkd run ... --set dataset=mnist-idx`` on labels out of range: exit 2 with the reader's
+    message (file, record), no traceback, and the run directory marked failed."""
+    import json
+
+    from dgmkd.cli import main
+
+    _idx_folder(tmp_path / "mnist")
+    y = np.arange(60, dtype=np.uint8) % 10
+    y[7] = 200
+    write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte", y)
+    out = tmp_path / "run"
+    assert main(["run", "hvae-compress", "--quick", "--quiet", "--out", str(out), "--set", "dataset=mnist-idx",
+                 "--set", f"data_root={tmp_path / 'mnist'}"]) == 2
+    err = capsys.readouterr().err
+    assert "train-labels-idx1-ubyte" in err and "label 200 of record 7" in err and "Traceback" not in err
+    assert json.loads((out / "status.json").read_text())["status"] == "failed"

@@ -111,4 +111,31 @@ def test_a_diverging_run_is_reported_in_its_status(tmp_path, capsys):
     assert main(["run", "demo", *DEMO, "--set", "lr=1e6", "--out", str(out)]) == 0
     st = json.loads((out / "status.json").read_text())
     assert any("diverged" in w for w in st["warnings"]), st
-    assert "warning(s) during the run" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "warning(s) during the run" in cap.out
+    # marked in status.json, in report.md (which loop, which step) and on stderr
+    assert st["status"] == "finished" and len(st["diverged"]) == 2, st
+    assert "the run diverged: distill[unified]: the loss grew" in cap.err
+    text = (out / "report.md").read_text()
+    assert "**The run diverged** in 2 training loop(s)" in text
+    assert "- distill[local]: the loss grew from" in text and "at step 1" in text
+    # the rebuilt report says so too, byte for byte
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.md").read_text() == text
+
+
+def test_a_run_whose_loss_turns_non_finite_fails_with_exit_3(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "demo", *DEMO, "--set", "lr=1e30", "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "dgmkd: error: loss is inf at step" in err and "marked failed" in err and "Traceback" not in err
+    st = json.loads((out / "status.json").read_text())
+    assert st["status"] == "failed" and "NonFiniteLossError" in st["error"], st
+    assert not (out / "report.md").exists()
+
+
+def test_a_run_without_warnings_has_no_warnings_section(tmp_path):
+    out = tmp_path / "r"
+    assert main(["run", "demo", *DEMO, "--out", str(out)]) == 0
+    assert json.loads((out / "status.json").read_text())["diverged"] == []
+    assert "Warnings raised" not in (out / "report.md").read_text()

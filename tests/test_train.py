@@ -325,6 +325,11 @@ def test_a_loss_that_explodes_is_reported():
     m.w = w
     with pytest.warns(RuntimeWarning, match="the loss grew from 1 at step 0 .* diverged"):
         fit(lambda a, s: (w ** 2).sum(), m, 1, 8, lr=10.0, optimizer="sgd", progress=False)
+    from dgmkd.train import DivergenceWarning
+
+    w.data.fill_(1.0)
+    with pytest.warns(DivergenceWarning, match="^toy-loop: the loss grew from 1 at step 0 to .* at step [1-9]"):
+        fit(lambda a, s: (w ** 2).sum(), m, 1, 8, lr=10.0, optimizer="sgd", progress=False, desc="toy-loop")
 
 
 @pytest.mark.parametrize("method, lw", [("unified", 0.37), ("unified", 0.0), ("local", 0.37)])

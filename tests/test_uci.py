@@ -96,3 +96,69 @@ def test_patches_protocol():
     assert float(tr.abs().max()) <= 1.0
     tr2, _, _ = load_patches(n_train=200, n_val=20, n_test=50, seed=3)
     assert torch.equal(tr, tr2)
+
+
+# ------------------------------------------------------------------------------------ hostile files
+def test_too_few_rows_for_the_splits_is_an_error_naming_file_and_counts(tmp_path):
+    os.makedirs(tmp_path / "miniboone")
+    path = tmp_path / "miniboone" / "data.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(8, 5)))  # 10 % of 8 rows is 0
+    with pytest.raises(DataFormatError, match=r"data.npy: 8 rows give 8 train, 0 validation and 0 test"):
+        load_uci("miniboone", str(tmp_path))
+    np.save(path, np.random.default_rng(0).normal(size=(11, 5)))  # the smallest that splits
+    assert [len(a) for a in load_uci("miniboone", str(tmp_path))] == [9, 1, 1]
+
+
+def test_nan_inf_and_constant_columns_are_refused(tmp_path):
+    os.makedirs(tmp_path / "miniboone")
+    path = tmp_path / "miniboone" / "data.npy"
+    data = np.random.default_rng(0).normal(size=(40, 5))
+    data[17, 3] = np.nan
+    np.save(path, data)
+    with pytest.raises(DataFormatError, match="row 17, column 3 is nan"):
+        load_uci("miniboone", str(tmp_path))
+    data[17, 3], data[:, 2] = 0.0, 4.0
+    np.save(path, data)
+    with pytest.raises(DataFormatError, match="column 2 has no spread"):
+        load_uci("miniboone", str(tmp_path))
+
+
+def test_binary_pickled_or_non_numeric_files_are_data_format_errors(tmp_path):
+    os.makedirs(tmp_path / "gas")
+    os.makedirs(tmp_path / "miniboone")
+    gas = tmp_path / "gas" / "ethylene_CO.txt"
+    rows = "\n".join(" ".join(str(v) for v in r) for r in np.random.default_rng(0).normal(size=(30, 19)))
+    gas.write_bytes(b"header\n" + rows.encode() + b"\n\x00\xff\xfe binary\n")
+    with pytest.raises(DataFormatError, match=r"ethylene_CO.txt line 32 \(byte offset \d+\): not a text table"):
+        load_uci("gas", str(tmp_path))
+    lines = ("header\n" + rows + "\n").splitlines()
+    lines[5] = " ".join(["1"] * 10 + ["inf"] + ["1"] * 8)
+    gas.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match="line 6, column 10 is inf"):
+        load_uci("gas", str(tmp_path))
+    np.save(tmp_path / "miniboone" / "data.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataFormatError, match="data.npy: not a NumPy .npy array file"):
+        load_uci("miniboone", str(tmp_path))
+    (tmp_path / "miniboone" / "data.npy").write_bytes(os.urandom(300))
+    with pytest.raises(DataFormatError, match="data.npy"):
+        load_uci("miniboone", str(tmp_path))
+
+
+def test_npy_header_claiming_more_than_the_file_holds_is_refused(tmp_path):
+    os.makedirs(tmp_path / "miniboone")
+    path = tmp_path / "miniboone" / "data.npy"
+    np.save(path, np.zeros((20, 4)))
+    raw = path.read_bytes()
+    assert b"(20, 4)" in raw[:128]
+    path.write_bytes(raw.replace(b"(20, 4)", b"(90, 4)", 1))  # same header length, 70 rows missing
+    with pytest.raises(DataFormatError, match="data.npy: not a NumPy .npy array file"):
+        load_uci("miniboone", str(tmp_path))
+
+
+def test_hepmass_without_enough_signal_rows(tmp_path):
+    os.makedirs(tmp_path / "hepmass")
+    for name, n in (("1000_train.csv", 6), ("1000_test.csv", 4)):
+        data = np.hstack([np.ones((n, 1)), np.random.default_rng(n).normal(size=(n, 3))])
+        np.savetxt(tmp_path / "hepmass" / name, data, delimiter=",", header="a,b,c,d", comments="")
+    with pytest.raises(DataFormatError, match="6 train, 0 validation"):
+        load_uci("hepmass", str(tmp_path))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from . import config as cfgmod
 from . import distributed, experiments, report, rundir
+from .data.errors import DataFormatError
+from .train import NonFiniteLossError
 
 
 def _parser(run_epilog: str | None = None) -> argparse.ArgumentParser:
@@ -164,11 +166,21 @@ def _run(args, mod, cfg, device) -> int:
             stack.push(run)
             print(f"dgmkd run {args.experiment}: writing to {out}{f' (device {device})' if device else ''}")
             mod.run(cfg, out)
+    except NonFiniteLossError as e:  # the guard stopped training; status.json says failed
+        print(f"dgmkd: error: {e} (run directory {out} is marked failed)", file=sys.stderr)
+        return 3
+    except DataFormatError as e:  # the user's data files; status.json says failed
+        print(f"dgmkd: error: {e} (run directory {out} is marked failed)", file=sys.stderr)
+        return 2
     finally:
         warnings.showwarning = shown
+    if notes and (out / "report.md").is_file():
+        report.annotate(out)
     print(f"results in {out} (report.md, CSV, PNG)")
     if notes:
-        print(f"{len(notes)} warning(s) during the run (kept in {out / 'status.json'})")
+        print(f"{len(notes)} warning(s) during the run (kept in {out / 'status.json'} and at the end of report.md)")
+    for n in rundir.diverged(notes):
+        print(f"dgmkd: warning: the run diverged: {n.split(': ', 1)[1]}", file=sys.stderr)
     return 0
 
 

@@ -26,7 +26,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ConfigError", "override", "load_file", "parse_value", "to_dict", "check", "describe", "help_text"]
+__all__ = ["ConfigError", "override", "load_file", "parse_value", "to_dict", "check", "check_ranges", "describe", "help_text"]
 
 
 class ConfigError(ValueError):
@@ -141,6 +141,41 @@ def check(cfg):
         except (ValueError, TypeError) as e:  # an experiment's own check of its values
             raise ConfigError(f"{type(cfg).__name__}: {e}") from e
     return cfg
+
+
+_RULES = {"positive": (lambda v: v > 0, "> 0"), "nonnegative": (lambda v: v >= 0, ">= 0"),
+          "unit": (lambda v: 0 < v < 1, "in the open interval (0, 1)")}
+
+
+def check_ranges(cfg, *, positive=(), nonnegative=(), unit=(), nonempty=()) -> None:
+    """Raise :class:`ConfigError` naming key, value and what is allowed unless every key in
+    ``positive`` is > 0, in ``nonnegative`` >= 0, in ``unit`` in (0, 1) (for a list: every entry)
+    and every list in ``nonempty`` has an entry. NaN fails every rule (the comparisons are written
+    so that it does), so a config built in Python cannot slip one through either.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class C:
+        ...     steps: int = 0
+        ...     widths: tuple[int, ...] = (8, 0)
+        >>> check_ranges(C(steps=5), positive=("steps", "widths"))
+        Traceback (most recent call last):
+        ...
+        dgmkd.config.ConfigError: widths=(8, 0) is not allowed: every entry must be > 0
+    """
+    for key in nonempty:
+        if len(getattr(cfg, key)) == 0:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r} is not allowed: give at least one value")
+    for rule, keys in (("positive", positive), ("nonnegative", nonnegative), ("unit", unit)):
+        ok, allowed = _RULES[rule]
+        for key in keys:
+            value = getattr(cfg, key)
+            many = isinstance(value, (tuple, list))
+            for v in (value if many else (value,)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+                    raise ConfigError(f"{key}={value!r} is not allowed: {'every entry ' if many else ''}must be "
+                                      f"{allowed}")
 
 
 def _split(s: str) -> tuple[str, str]:

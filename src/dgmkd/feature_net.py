@@ -55,7 +55,10 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
 def digits_accuracy(cache: str | os.PathLike | None = None) -> float | None:
     """The cached digits CNN's held-out accuracy (``None`` before it is trained)."""
     p = cache_dir(cache) / f"digits_cnn_{_VERSION}.json"
-    return json.loads(p.read_text())["test_accuracy"] if p.is_file() else None
+    try:
+        return float(json.loads(p.read_text())["test_accuracy"]) if p.is_file() else None
+    except (ValueError, KeyError, TypeError):  # an unreadable cache (e.g. random bytes) is not an accuracy
+        return None
 
 
 def digits_feature_net(cache: str | os.PathLike | None = None, retrain: bool = False) -> FeatureCNN:

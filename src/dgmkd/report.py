@@ -7,6 +7,10 @@ For each run, the experiment module's ``report(run_dir)`` (every experiment has 
 before anything is written, so a good report is never replaced by one built from damaged data.
 Then the runs are put side by side: the config keys that differ between them, and each run's
 report.
+
+The warnings a run raised (kept in its ``status.json`` by ``dgmkd run``) end its ``report.md``, and
+a run whose loss diverged says so there first (:func:`annotate`), in the report ``dgmkd run`` writes
+and in every rebuild alike.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import experiments
+from . import experiments, harness, rundir
 
-__all__ = ["rebuild", "compare"]
+__all__ = ["rebuild", "compare", "annotate"]
+
+WARNINGS_HEADING = "## Warnings raised during the run"
 
 
 def _config(run: Path) -> dict:
@@ -39,7 +45,31 @@ def rebuild(run: str | Path) -> str:
     mod = experiments.get(cfg["experiment"])
     if not hasattr(mod, "report"):
         raise ValueError(f"experiment {cfg['experiment']!r} cannot rebuild its report")
-    return mod.report(run)
+    mod.report(run)
+    return annotate(run)
+
+
+def annotate(run: str | Path) -> str:
+    """End ``run``'s ``report.md`` with the warnings its ``status.json`` holds (a diverged loss
+    first, as a plain statement that the numbers above are not results); return the report text.
+    Idempotent, and a no-op for a run without warnings (or without ``status.json``)."""
+    path = Path(run) / "report.md"
+    text = path.read_text()
+    base = text.split(f"\n{WARNINGS_HEADING}\n")[0]
+    st = rundir.status(run) or {}
+    notes = [str(n) for n in st.get("warnings") or []]
+    if not notes:
+        return harness.write_text(path, base).read_text() if base != text else text
+    lines = [base.rstrip("\n"), "", WARNINGS_HEADING, ""]
+    div = [n.split(": ", 1)[1] for n in rundir.diverged(notes)]
+    if div:
+        lines += [f"**The run diverged** in {len(div)} training loop(s); the numbers above come from diverged "
+                  "models and are not results (a smaller learning rate usually cures it):", ""]
+        lines += [f"- {n}" for n in div] + [""]
+    rest = [n for n in notes if not n.startswith("DivergenceWarning")]
+    if rest:
+        lines += [f"- {n}" for n in rest] + [""]
+    return harness.write_text(path, "\n".join(lines)).read_text()
 
 
 def compare(runs: list[str | Path], out: str | Path | None = None) -> str:

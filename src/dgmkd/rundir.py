@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 from .harness import write_csv, write_json
 
-__all__ = ["open_run", "create", "write_json", "write_csv", "RunDirError", "status"]
+__all__ = ["open_run", "create", "write_json", "write_csv", "RunDirError", "status", "diverged"]
 
 
 class RunDirError(RuntimeError):
@@ -73,6 +73,11 @@ def status(out: str | Path) -> dict[str, Any] | None:
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return None
+
+
+def diverged(notes: list[str]) -> list[str]:
+    """The notes that say a training loop diverged (:class:`dgmkd.train.DivergenceWarning`)."""
+    return [n for n in notes if n.startswith("DivergenceWarning")]
 
 
 def _alive(pid: int) -> bool:
@@ -174,9 +179,11 @@ def open_run(experiment: str, out: str | Path | None, config: dict[str, Any], *,
             yield path
         except BaseException as e:
             write_json(path / "status.json", {"status": "failed", "started": started,
-                                              "error": f"{type(e).__name__}: {e}"[:2000], "warnings": notes})
+                                              "error": f"{type(e).__name__}: {e}"[:2000], "warnings": notes,
+                                              "diverged": diverged(notes)})
             raise
         write_json(path / "status.json", {"status": "finished", "started": started,
-                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "warnings": notes})
+                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "warnings": notes,
+                                          "diverged": diverged(notes)})
     finally:
         lock.unlink(missing_ok=True)

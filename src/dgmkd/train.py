@@ -41,7 +41,7 @@ from . import distributed as ddp
 from . import losses
 from .coupling import couple
 
-__all__ = ["loop", "fit", "set_default_device", "distill", "minibatches", "NonFiniteLossError", "make_inputs"]
+__all__ = ["loop", "fit", "set_default_device", "distill", "minibatches", "NonFiniteLossError", "DivergenceWarning", "make_inputs"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -236,7 +236,7 @@ def loop(step_fn: Callable[[tuple, int], dict], inputs, steps: int, *, state: di
             row = ddp.mean_over_ranks(row)
             for k, v in row.items():
                 check_finite(v, step, k, path)
-            _watch_growth(growth, row, step)
+            _watch_growth(growth, row, step, desc)
             history["step"].append(step)
             for k, v in row.items():
                 history.setdefault(k, []).append(v)
@@ -350,7 +350,12 @@ def _open_logs(log, history) -> list:
 GROWTH_WARNING = 1e6  # a loss this many times larger in magnitude than its first value is reported
 
 
-def _watch_growth(state: dict, row: dict, step: int) -> None:
+class DivergenceWarning(RuntimeWarning):
+    """The loss grew by :data:`GROWTH_WARNING` times over its first value: finite, but diverged.
+    ``dgmkd run`` records it in the run's ``status.json`` (``diverged``) and ``report.md``."""
+
+
+def _watch_growth(state: dict, row: dict, step: int, desc: str = "train") -> None:
     """Warn (once) when the loss grows by :data:`GROWTH_WARNING` times over its first value: such a
     run is finite but has almost surely diverged (e.g. a far too large learning rate)."""
     v = row.get("loss")
@@ -361,8 +366,8 @@ def _watch_growth(state: dict, row: dict, step: int) -> None:
         return
     if abs(v) > GROWTH_WARNING * max(state["first"], 1e-12) and abs(v) > 1e3:
         state["warned"] = True
-        warnings.warn(f"the loss grew from {state['first']:.4g} at step {state['first_step']} to {v:.4g} at step "
-                      f"{step}: the run has probably diverged (learning rate too large?)", RuntimeWarning,
+        warnings.warn(f"{desc}: the loss grew from {state['first']:.4g} at step {state['first_step']} to {v:.4g} "
+                      f"at step {step}: the run has probably diverged (learning rate too large?)", DivergenceWarning,
                       stacklevel=3)
 
 

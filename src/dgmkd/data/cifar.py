@@ -34,8 +34,10 @@ def read_cifar_bin(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
             f"{RECORD_BYTES} (1 label byte + 3072 pixel bytes); is it the binary version, not the pickle?")
     rec = raw.reshape(-1, RECORD_BYTES)
     labels = rec[:, 0].astype(np.int64)
-    if labels.max() > 9:
-        raise DataFormatError(f"{str(path)!r}: label byte {labels.max()} > 9; not a CIFAR-10 binary batch")
+    bad = np.flatnonzero(labels > 9)
+    if len(bad):
+        raise DataFormatError(f"{str(path)!r}: label byte {labels[bad[0]]} of record {bad[0]} (byte offset "
+                              f"{bad[0] * RECORD_BYTES}) is > 9 ({len(bad)} such records); not a CIFAR-10 binary batch")
     x = torch.from_numpy(rec[:, 1:].reshape(-1, 3, 32, 32).copy()).float() / 255.0
     return x, torch.from_numpy(labels)
 

@@ -27,52 +27,97 @@ Example (with a tiny file written on the spot):
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .errors import DataFormatError
+
 __all__ = ["read_strokes", "load_iam", "iam_split", "IAMFormatError", "strokes_to_lines"]
 
 
-class IAMFormatError(ValueError):
-    """A file that is not an IAM-OnDB stroke XML file."""
+class IAMFormatError(DataFormatError):
+    """A file that is not an IAM-OnDB stroke XML file (a :class:`~dgmkd.data.errors.DataFormatError`)."""
+
+
+def _points(path: Path) -> list[list[tuple[float, float, int]]]:
+    """The strokes of a lineStrokes file as lists of ``(x, y, line number)``, parsed in one streaming
+    pass (expat) so that every error names the line of the offending element.
+
+    Only the ``StrokeSet`` that is the root or a child of the root counts, and only its ``Stroke``
+    children and their ``Point`` children, as in the published files."""
+    from xml.parsers import expat
+
+    parser = expat.ParserCreate()
+    stack: list[str] = []
+    strokes: list[list[tuple[float, float, int]]] = []
+    found = [False]
+
+    def start(tag, attrib):
+        stack.append(tag)
+        depth, line = len(stack), parser.CurrentLineNumber
+        in_set = (depth == 1 and tag == "StrokeSet") or (depth == 2 and tag == "StrokeSet")
+        if in_set:
+            found[0] = True
+            return
+        parent_set = stack[0] == "StrokeSet" and depth == 2 or depth == 3 and stack[1] == "StrokeSet"
+        if tag == "Stroke" and parent_set:
+            strokes.append([])
+        elif tag == "Point" and stack[-2] == "Stroke" and (depth == 3 and stack[0] == "StrokeSet"
+                                                          or depth == 4 and stack[1] == "StrokeSet"):
+            k = len(strokes) - 1
+            try:
+                x, y = float(attrib["x"]), float(attrib["y"])
+            except KeyError as e:
+                raise IAMFormatError(f"{path} line {line}: a <Point> of stroke {k} has no {e.args[0]!r} "
+                                     "attribute") from None
+            except ValueError:
+                raise IAMFormatError(f"{path} line {line}: a <Point> of stroke {k} has a non-numeric coordinate: "
+                                     f"{attrib}") from None
+            if not (np.isfinite(x) and np.isfinite(y)):
+                raise IAMFormatError(f"{path} line {line}: a <Point> of stroke {k} has the coordinate "
+                                     f"x={attrib['x']!r}, y={attrib['y']!r}; coordinates must be finite numbers")
+            strokes[-1].append((x, y, line))
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = lambda tag: stack.pop()
+    try:
+        with open(path, "rb") as f:
+            parser.ParseFile(f)
+    except expat.ExpatError as e:
+        raise IAMFormatError(f"{path} line {e.lineno}: not well-formed XML ({expat.ErrorString(e.code)})") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"IAM-OnDB stroke file {str(path)!r} does not exist") from None
+    if not found[0]:
+        raise IAMFormatError(f"{path}: no <StrokeSet> element; is this an IAM-OnDB lineStrokes file?")
+    return strokes
 
 
 def read_strokes(path: str | Path) -> np.ndarray:
-    """One IAM-OnDB line as a ``(T, 3)`` float array of rows ``[pen_up, dx, dy]`` (see module doc)."""
+    """One IAM-OnDB line as a ``(T, 3)`` float array of rows ``[pen_up, dx, dy]`` (see module doc).
+
+    A missing or non-numeric coordinate, NaN or inf, and offsets that overflow are
+    :class:`IAMFormatError` naming the file and line."""
     path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as e:
-        raise IAMFormatError(f"{path}: not well-formed XML ({e})") from e
-    except FileNotFoundError:
-        raise FileNotFoundError(f"IAM-OnDB stroke file {str(path)!r} does not exist") from None
-    stroke_set = root.find("StrokeSet") if root.tag != "StrokeSet" else root
-    if stroke_set is None:
-        raise IAMFormatError(f"{path}: no <StrokeSet> element; is this an IAM-OnDB lineStrokes file?")
-    points, pen = [], []
-    for k, stroke in enumerate(stroke_set.findall("Stroke")):
-        pts = stroke.findall("Point")
-        if not pts:
-            continue
-        for i, p in enumerate(pts):
-            try:
-                points.append((float(p.attrib["x"]), float(p.attrib["y"])))
-            except KeyError as e:
-                raise IAMFormatError(f"{path}: a <Point> of stroke {k} has no {e.args[0]!r} attribute") from None
-            except ValueError:
-                raise IAMFormatError(f"{path}: a <Point> of stroke {k} has a non-numeric coordinate: "
-                                     f"{p.attrib}") from None
-            pen.append(1.0 if i == len(pts) - 1 else 0.0)
+    points, pen, lines = [], [], []
+    for stroke in _points(path):
+        for i, (x, y, line) in enumerate(stroke):
+            points.append((x, y))
+            lines.append(line)
+            pen.append(1.0 if i == len(stroke) - 1 else 0.0)
     if not points:
         raise IAMFormatError(f"{path}: the <StrokeSet> holds no <Point>")
     xy = np.asarray(points, dtype=np.float64)
     d = np.zeros_like(xy)
     d[1:] = xy[1:] - xy[:-1]
     d[1:, 1] *= -1.0  # upright: the whiteboard's y axis points down
-    return np.concatenate([np.asarray(pen)[:, None], d], 1).astype(np.float32)
+    out = np.concatenate([np.asarray(pen)[:, None], d], 1)
+    bad = np.flatnonzero(~(np.abs(out) <= np.finfo(np.float32).max).all(1))
+    if len(bad):
+        raise IAMFormatError(f"{path} line {lines[bad[0]]}: the offset from the previous point, "
+                             f"{d[bad[0]].tolist()}, does not fit a float32; coordinates must be moderate numbers")
+    return out.astype(np.float32)
 
 
 def _stroke_files(root: str | Path) -> list[Path]:
@@ -97,10 +142,13 @@ def _windows(files: list[Path], max_len: int, min_len: int, scale: float | None,
                 w[0, 1:] = 0.0  # each window starts at its own origin
                 pieces.append(w)
     if not pieces:
-        raise ValueError(f"no stroke sequence {where} has at least {min_len} points")
+        raise DataFormatError(f"no stroke sequence {where} has at least {min_len} points")
     if scale is None:
-        offs = np.concatenate([p[:, 1:] for p in pieces])
+        offs = np.concatenate([p[:, 1:] for p in pieces]).astype(np.float64)
         scale = float(offs.std()) or 1.0
+        if not np.isfinite(scale):
+            raise DataFormatError(f"the pen offsets {where} have no finite standard deviation; are the coordinates "
+                                  "moderate numbers?")
     x = torch.zeros(len(pieces), max_len, 3)
     lengths = torch.zeros(len(pieces), dtype=torch.long)
     for i, p in enumerate(pieces):
@@ -136,7 +184,7 @@ def iam_split(root: str | Path, seq_len: int, test_fraction: float = 0.2,
     """
     files = _stroke_files(root)
     if len(files) < 2:
-        raise ValueError(f"a train/test split needs at least 2 stroke files under {str(root)!r}, found {len(files)}")
+        raise DataFormatError(f"a train/test split needs at least 2 stroke files under {str(root)!r}, found {len(files)}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     perm = torch.randperm(len(files), generator=generator).tolist()

@@ -17,7 +17,9 @@ Example:
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,37 +35,83 @@ _NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-def _open(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataFormatError(f"{str(path)!r} is a damaged gzip file: {e}") from None
-    return raw
+MAX_BYTES = 1 << 30
+"""Default bound on the data an IDX file may claim (1 GiB; MNIST's training images are 47 MB).
+Pass ``max_bytes`` to :func:`read_idx` for bigger files."""
+
+_CHUNK = 1 << 20
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """The array stored in one IDX file (gzipped or not), with its dtype and shape."""
+def _stream(path: Path):
+    """A binary stream of the file's contents, decompressed on the fly when it is gzipped (by its
+    magic bytes, whatever the file is called), so that only what is read is ever held."""
+    f = open(path, "rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb"), True
+    f.seek(0)
+    return f, False
+
+
+def _read(stream, n: int, path: Path, what: str, gz: bool) -> bytes:
+    """Exactly ``n`` bytes (fewer at the end of the file), read in chunks of at most 1 MiB so that
+    memory grows with the bytes that really arrive, never with a size the header only claims."""
+    buf = bytearray()
+    try:
+        while len(buf) < n:
+            chunk = stream.read(min(_CHUNK, n - len(buf)))
+            if not chunk:
+                break
+            buf += chunk
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataFormatError(f"{str(path)!r} is a damaged gzip file (after {len(buf)} bytes of the {what}): "
+                              f"{e}") from None
+    return bytes(buf)
+
+
+def read_idx(path: str | Path, max_bytes: int = MAX_BYTES) -> np.ndarray:
+    """The array stored in one IDX file (gzipped or not), with its dtype and shape.
+
+    The header is read first; a file whose header claims more than ``max_bytes`` of data, or more
+    (or fewer) bytes than the file holds, is refused before the data are read, and a gzipped file is
+    decompressed in bounded chunks, so a small hostile file cannot make a large allocation."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"IDX file {str(path)!r} not found")
-    raw = _open(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataFormatError(f"{str(path)!r} is not an IDX file (the magic number must start with two zero bytes)")
-    code, ndim = raw[2], raw[3]
-    if code not in _TYPES:
-        raise DataFormatError(f"{str(path)!r}: unknown IDX type byte 0x{code:02X}")
-    head = 4 + 4 * ndim
-    if len(raw) < head:
-        raise DataFormatError(f"{str(path)!r} is truncated inside its header")
-    shape = struct.unpack(f">{ndim}i", raw[4:head])
-    dt = np.dtype(_TYPES[code])
-    need = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    if len(raw) - head != need:
+    stream, gz = _stream(path)
+    with stream:
+        magic = _read(stream, 4, path, "header", gz)
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+            raise DataFormatError(f"{str(path)!r} is not an IDX file (the magic number must start with two zero "
+                                  f"bytes; got {magic.hex() or 'an empty file'})")
+        code, ndim = magic[2], magic[3]
+        if code not in _TYPES:
+            raise DataFormatError(f"{str(path)!r}: unknown IDX type byte 0x{code:02X} at byte offset 2")
+        dims = _read(stream, 4 * ndim, path, "header", gz)
+        if len(dims) < 4 * ndim:
+            raise DataFormatError(f"{str(path)!r} is truncated inside its header ({ndim} dimensions need bytes "
+                                  f"4..{4 + 4 * ndim}, the file ends at byte {4 + len(dims)})")
+        shape = struct.unpack(f">{ndim}i", dims)
+        for i, n in enumerate(shape):
+            if n < 0:
+                raise DataFormatError(f"{str(path)!r}: dimension {i} (byte offset {4 + 4 * i}) is {n}, negative")
+        dt = np.dtype(_TYPES[code])
+        need = math.prod(shape) * dt.itemsize  # Python ints: no overflow
+        if need > max_bytes:
+            raise DataFormatError(f"{str(path)!r}: header claims shape {tuple(shape)} ({need} data bytes), more "
+                                  f"than the {max_bytes} bytes allowed (max_bytes=)")
+        head = 4 + 4 * ndim
+        if not gz:
+            held = path.stat().st_size - head
+            if held != need:
+                raise DataFormatError(f"{str(path)!r}: header says shape {tuple(shape)} ({need} data bytes) but "
+                                      f"the file holds {held}")
+        data = _read(stream, need + 1, path, "data", gz)  # one byte more: detects trailing data
+    if len(data) != need:
+        held = f"{len(data)}" if len(data) <= need else f"more than {need}"
         raise DataFormatError(f"{str(path)!r}: header says shape {tuple(shape)} ({need} data bytes) but the file "
-                              f"holds {len(raw) - head}")
-    return np.frombuffer(raw, dtype=dt, offset=head).reshape(shape).astype(dt.newbyteorder("="))
+                              f"holds {held}")
+    return np.frombuffer(data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
@@ -84,11 +132,13 @@ def _find(root: Path, stem: str) -> Path:
 
 
 def load_mnist(root: str | Path, split: str = "train", limit: int | None = None,
-               pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               pad_to: int | None = None, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST ``split`` (``train`` or ``test``) from ``root``: images ``(N, 1, 28, 28)`` float32 in
     [0, 1] and labels ``(N,)`` int64 (any ``H x W`` stored in the file is kept). ``pad_to``: pad
     the images with zeros (background) to ``pad_to x pad_to``, centred (28 -> 32 for models that
-    halve the side down to 4)."""
+    halve the side down to 4). Labels must lie in ``0 .. num_classes - 1`` (10 for MNIST,
+    Fashion-MNIST and KMNIST) and pixels in ``0 .. 255``; anything else is a :class:`DataFormatError`
+    naming the file and the first offending record."""
     if split not in _NAMES:
         raise ValueError(f"MNIST split must be 'train' or 'test', got {split!r}")
     root = Path(root)
@@ -97,9 +147,26 @@ def load_mnist(root: str | Path, split: str = "train", limit: int | None = None,
     xi, yi = (_find(root, s) for s in _NAMES[split])
     x, y = read_idx(xi), read_idx(yi)
     if x.ndim != 3 or y.ndim != 1:
-        raise DataFormatError(f"expected images (N, H, W) and labels (N,), got {x.shape} and {y.shape}")
+        raise DataFormatError(f"expected images (N, H, W) in {str(xi)!r} and labels (N,) in {str(yi)!r}, got "
+                              f"{x.shape} and {y.shape}")
+    if min(x.shape[1:]) < 1:
+        raise DataFormatError(f"{str(xi)!r}: images of {x.shape[1]}x{x.shape[2]} pixels hold nothing")
     if len(x) != len(y):
         raise DataFormatError(f"{len(x)} images but {len(y)} labels in {str(root)!r}")
+    if len(y) == 0:
+        raise DataFormatError(f"{str(yi)!r} holds no labels (and {str(xi)!r} no images): the {split} split is empty")
+    if y.dtype.kind not in "iu":
+        raise DataFormatError(f"{str(yi)!r}: labels must be integers, the file stores {y.dtype}")
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if len(bad):
+        raise DataFormatError(f"{str(yi)!r}: label {int(y[bad[0]])} of record {bad[0]} is outside 0..{num_classes - 1} "
+                              f"({len(bad)} such labels; num_classes={num_classes})")
+    if x.dtype != np.uint8:
+        ok = np.isfinite(x) & (x >= 0) & (x <= 255)
+        if not ok.all():
+            i = np.unravel_index(np.flatnonzero(~ok)[0], x.shape)
+            raise DataFormatError(f"{str(xi)!r}: pixel {tuple(int(j) for j in i[1:])} of image {int(i[0])} is "
+                                  f"{float(x[i])}; pixels must be finite and in 0..255")
     if limit is not None:
         x, y = x[:limit], y[:limit]
     xt = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)

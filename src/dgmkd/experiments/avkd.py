@@ -66,6 +66,11 @@ class Config:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: choose one or more of {', '.join(allowed)}")
         if not self.seeds:
             raise ConfigError("seeds=(): give at least one seed")
+        from ..config import check_ranges
+
+        check_ranges(self, positive=("batch", "supervised_steps", "iters", "n_student", "lr_s", "lr_g", "lr_d",
+                                     "temperature", "n_patches", "patch_downsample"),
+                     nonnegative=("w_prior", "w_adv"))
 
 
 CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)

@@ -90,6 +90,12 @@ class Config:
                 ("latent_divergence", self.latent_divergence in ("w2", "kl"), "choose w2 or kl")]:
             if not ok:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not allowed; {msg}")
+        from ..config import check_ranges
+
+        check_ranges(self, nonempty=("latent_dims",),
+                     positive=("width", "latent_dims", "sigma", "batch", "old_steps", "old_lr", "new_steps", "new_lr",
+                               "grid", "threads"),
+                     nonnegative=("warmup", "latent_weight", "consistency_weight"))
 
 
 CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)

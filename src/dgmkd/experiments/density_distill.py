@@ -90,6 +90,12 @@ class Config:
         for k in ("steps", "batch", "signal_samples", "signal_every", "eval_samples", "prop1_samples", "smooth",
                   "img_batch", "img_steps", "img_oracle_pool", "seq_steps", "seq_oracle_pool", "seq_eval_samples"):
             need(getattr(self, k) >= 1, k, "a positive integer")
+        from ..config import check_ranges
+
+        check_ranges(self, positive=("lr", "threads", "img_teacher_hidden", "img_teacher_steps", "img_teacher_lr",
+                                     "img_lr", "img_student_layers", "img_student_hidden", "seq_samples",
+                                     "seq_teacher_channels", "seq_teacher_layers", "seq_teacher_steps"),
+                     nonnegative=("img_grad_clip",), nonempty=("img_student_hidden",))
 
 
 CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)

@@ -80,6 +80,14 @@ class Config:
             raise ConfigError(f"seeds={self.seeds!r}, image_seeds={self.image_seeds!r}: give at least one seed")
         if any(d in UCI_NAMES for d in self.datasets) and not self.data_root:
             raise ConfigError(f"datasets={self.datasets!r} holds a UCI benchmark: set data_root=DIR (its files)")
+        from ..config import check_ranges
+
+        check_ranges(self, positive=("maf_teacher", "maf_student", "glow_teacher", "glow_student", "teacher_steps",
+                                     "student_steps", "batch", "lr", "eval_every", "prior_batch", "skd_temperature",
+                                     "speed_batch", "speed_repeats", "image_levels", "image_teacher", "image_student",
+                                     "image_teacher_steps", "image_student_steps", "image_batch", "image_lr",
+                                     "image_samples"),
+                     nonnegative=("warmup", "grad_clip"))
 
 
 CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)

@@ -49,6 +49,11 @@ class Config:
         if self.algorithm not in ("ws", "rws"):
             raise ConfigError(f"algorithm={self.algorithm!r}: choose 'ws' or 'rws'")
         check_sizes(self, teacher_hidden=self.teacher_hidden, rws_k=self.rws_k, kl_samples=self.kl_samples)
+        from ..config import check_ranges
+
+        check_ranges(self, positive=("recog_hidden", "y_std", "n_test", "teacher_steps", "scratch_steps", "ws_batch",
+                                     "ws_lr", "distill_steps", "distill_batch", "distill_lr", "grid"),
+                     nonnegative=("latent_weight",))
 
 
 CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)

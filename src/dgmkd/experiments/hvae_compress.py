@@ -77,6 +77,12 @@ class Config:
                 ("seeds", bool(self.seeds), "need at least one seed"), ("data_limit", self.data_limit >= 0, "0 = all")]:
             if not ok:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is not allowed: {allowed}")
+        from ..config import check_ranges
+
+        check_ranges(self, nonempty=("latent_dims",),
+                     positive=("teacher_width", "latent_dims", "sigma", "batch", "teacher_steps", "teacher_lr",
+                               "student_steps", "student_lr", "eval_samples", "nll_k", "grid", "threads"),
+                     nonnegative=("warmup", "latent_weight", "encoder_steps"))
 
 
 CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)

@@ -60,6 +60,11 @@ class Config:
         check_sizes(self, teacher_hidden=self.teacher_hidden, z_dim=self.z_dim, seq_len=self.seq_len, iwae_k=self.iwae_k)
         if self.eval_samples < 10:
             raise ConfigError(f"eval_samples={self.eval_samples}: FD and MMD need at least 10 samples")
+        from ..config import check_ranges
+
+        check_ranges(self, positive=("num_samples", "teacher_steps", "scratch_steps", "batch", "lr", "distill_steps",
+                                     "distill_batch", "distill_lr", "classifier_steps", "iwae_test", "png_samples"),
+                     nonnegative=("latent_weight", "encoder_steps", "teacher_seed"))
 
 
 CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
