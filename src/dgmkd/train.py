@@ -574,6 +574,9 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     """
     if isinstance(method, str) and method not in ("unified", "local"):
         raise ValueError(f"unknown method {method!r}; choose 'unified', 'local' or pass loss(coupling)")
+    if not isinstance(student, torch.nn.Module):
+        raise TypeError(f"the student must be an nn.Module (its parameters are trained), got {type(student).__name__}; "
+                        "for a Pyro model pass the module or a bound method of it to dgmkd.pyro.model")
     ddp.init(device)
     device = ddp.device_for(device)
     if device is not None:
