@@ -151,3 +151,17 @@ def test_distill_a_narrower_student():
     h = dgmkd.distill(teacher, student, 256, steps=150, lr=1e-2, progress=False, latent_maps={"z": maps.first(2)})
     # the student can match p_T(y | eps) exactly (the surrogate's floor is 0): the loss falls by > 10x
     assert np.mean(h["loss"][-10:]) < 0.1 * np.mean(h["loss"][:10])
+
+
+def test_select_takes_chosen_coordinates_in_order():
+    t = linear(4, [1.0, 2.0, 3.0, 4.0], 0.5, prior_scale=[1.0, 2.0, 3.0, 4.0])
+    s = linear(2, [1.0, 2.0], 0.5, prior_scale=[3.0, 2.0])
+    c = dgmkd.couple(t, s, 6, latent_maps={"z": maps.select([2, 1])})
+    eps = c.teacher_trace["z"]["noise"]
+    assert torch.equal(c.student_trace["z"]["noise"], eps[:, [2, 1]])
+    assert torch.equal(c.latents["z"].teacher.base_dist.scale.expand(6, 2)[0], torch.tensor([3.0, 2.0], dtype=torch.float64))
+    assert float(losses.latent(c)) == pytest.approx(0.0, abs=1e-12)  # the same conditionals at those coordinates
+    with pytest.raises(SiteMismatchError, match=r"site 'z'.*at least 6"):
+        dgmkd.couple(t, s, 2, latent_maps={"z": maps.select([5, 0])})
+    with pytest.raises(ValueError, match="distinct"):
+        maps.select([1, 1])

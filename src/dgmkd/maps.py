@@ -9,16 +9,17 @@ what the map drops — so Prop. 3.1 of Chen et al. (the surrogate loss, Eq. 4, u
 between the two marginals) holds unchanged: both marginals integrate over the same law of
 ``eps_T``, and ``p_S(y | eps_T) = p_S(y | m(eps_T))``.
 
-Two maps are built in:
+Built in:
 
-* :func:`first` — the first ``k`` coordinates along one dimension (default: the last). Valid for
+* :func:`first` — the first ``k`` coordinates along one dimension (default: the last); :func:`select`
+  — chosen coordinates (e.g. a VAE's most used ones). Valid for
   every noise law whose coordinates are independent (all built-in reparameterizers: standard
   normal, standard uniform). The latent loss (Eq. 6) is then defined coordinate by coordinate:
   student coordinate ``j`` and teacher coordinate ``j`` are driven by the same noise, so the
   student's conditional is compared with the teacher's conditional *of its first k coordinates*
   (for element-wise families: ``Normal``, ``Bernoulli``, ``Gamma`` ..., optionally inside
-  ``Independent``). Local distillation (teacher forcing) feeds the student the teacher's first
-  ``k`` coordinates.
+  ``Independent``). Local distillation (teacher forcing) feeds the student the teacher's chosen
+  coordinates.
 * :func:`orthonormal` — ``eps_T @ Q`` with a fixed ``d x k`` matrix of orthonormal columns
   (seeded): a standard normal stays standard normal under it, so it is valid for that law only
   (an error names the site otherwise). A student coordinate then mixes all teacher coordinates
@@ -48,7 +49,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Distribution, Independent
 
-__all__ = ["LatentMap", "first", "orthonormal"]
+__all__ = ["LatentMap", "first", "select", "orthonormal"]
 
 
 class LatentMap:
@@ -99,36 +100,46 @@ def _check_dim(site_eps: torch.Tensor, dim: int, k: int, what: str) -> int:
     return dim % nd
 
 
-class first(LatentMap):
-    """The first ``k`` coordinates of the teacher's noise along ``dim`` (default: the last).
+class select(LatentMap):
+    """Chosen coordinates (``indices``, in order) of the teacher's noise along ``dim`` (default:
+    the last): student coordinate ``j`` is driven by teacher coordinate ``indices[j]``. Use it to
+    give a narrow student the teacher's most used latent coordinates (e.g. a VAE's active units,
+    by their KL on data).
 
     Example:
         >>> import torch, dgmkd
-        >>> dgmkd.maps.first(2).noise(torch.arange(8.).reshape(2, 4)).tolist()
-        [[0.0, 1.0], [4.0, 5.0]]
+        >>> dgmkd.maps.select([3, 1]).noise(torch.arange(8.).reshape(2, 4)).tolist()
+        [[3.0, 1.0], [7.0, 5.0]]
     """
 
-    def __init__(self, k: int, dim: int = -1):
-        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
-            raise ValueError(f"first(k): k must be a positive int, got {k!r}")
-        self.k, self.dim = k, dim
+    def __init__(self, indices, dim: int = -1):
+        idx = [int(i) for i in indices]
+        if not idx or min(idx) < 0 or len(set(idx)) != len(idx):
+            raise ValueError(f"select(indices): need distinct non-negative coordinates, got {list(indices)!r}")
+        self.indices, self.dim, self.k = idx, dim, len(idx)
+        self._idx = torch.tensor(idx)
 
     def __repr__(self):
-        return f"first({self.k}" + (f", dim={self.dim})" if self.dim != -1 else ")")
+        return f"select({self.indices}" + (f", dim={self.dim})" if self.dim != -1 else ")")
+
+    def _take(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        if self.indices == list(range(self.k)):
+            return t.narrow(dim, 0, self.k)
+        return t.index_select(dim, self._idx.to(t.device))
 
     def noise(self, eps):
-        return eps.narrow(_check_dim(eps, self.dim, self.k, repr(self)), 0, self.k)
+        return self._take(eps, _check_dim(eps, self.dim, max(self.indices) + 1, repr(self)))
 
     def restrict_value(self, value):
-        return value.narrow(value.dim() + self.dim if self.dim < 0 else self.dim, 0, self.k)
+        return self._take(value, value.dim() + self.dim if self.dim < 0 else self.dim)
 
     def restrict(self, dist):
         if isinstance(dist, Independent):
-            base = self._restrict_elementwise(dist.base_dist, dist.event_shape)
+            base = self._restrict_elementwise(dist.base_dist)
             return None if base is None else Independent(base, dist.reinterpreted_batch_ndims, validate_args=False)
-        return self._restrict_elementwise(dist, torch.Size())
+        return self._restrict_elementwise(dist)
 
-    def _restrict_elementwise(self, d: Distribution, outer_event):
+    def _restrict_elementwise(self, d: Distribution):
         if d.event_shape != torch.Size():  # a joint over the event (MVN, Dirichlet, one-hot): no marginal here
             return None
         shape = d.batch_shape
@@ -140,12 +151,30 @@ class first(LatentMap):
         for name in names:
             v = getattr(d, name)
             if isinstance(v, torch.Tensor):
-                v = v.expand(shape).narrow(dim, 0, self.k)
+                v = self._take(v.expand(shape), dim)
             kwargs[name] = v
         try:
             return type(d)(**kwargs, validate_args=False)
         except (TypeError, ValueError):  # a constructor that does not take its arg_constraints by name
             return None
+
+
+class first(select):
+    """The first ``k`` coordinates of the teacher's noise along ``dim`` (default: the last).
+
+    Example:
+        >>> import torch, dgmkd
+        >>> dgmkd.maps.first(2).noise(torch.arange(8.).reshape(2, 4)).tolist()
+        [[0.0, 1.0], [4.0, 5.0]]
+    """
+
+    def __init__(self, k: int, dim: int = -1):
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"first(k): k must be a positive int, got {k!r}")
+        super().__init__(range(k), dim)
+
+    def __repr__(self):
+        return f"first({self.k}" + (f", dim={self.dim})" if self.dim != -1 else ")")
 
 
 class orthonormal(LatentMap):
