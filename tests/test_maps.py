@@ -165,3 +165,19 @@ def test_select_takes_chosen_coordinates_in_order():
         dgmkd.couple(t, s, 2, latent_maps={"z": maps.select([5, 0])})
     with pytest.raises(ValueError, match="distinct"):
         maps.select([1, 1])
+
+
+@pytest.mark.slow
+def test_latent_width_example_runs_and_its_report_rebuilds(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "latent_width.py"
+    spec = importlib.util.spec_from_file_location("latent_width", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    ex.main(["--seeds", "0", "--steps", "50", "--eval-steps", "20", "--out", str(tmp_path)])
+    first = (tmp_path / "report.md").read_bytes()
+    ex.report(tmp_path)
+    assert (tmp_path / "report.md").read_bytes() == first
+    assert "| kd-select |" in first.decode()
