@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 from torch.distributions import Distribution
 
-from .handlers import draw_noise, replay, trace
+from .handlers import SiteMismatchError, draw_noise, replay, trace
 
 __all__ = ["couple", "Coupling", "SitePair"]
 
@@ -44,6 +44,10 @@ class SitePair:
     ``teacher`` / ``student``: the two distributions (for deterministic sites: the two values the
     models computed); ``value``: the teacher's value (what teacher forcing substitutes);
     ``noise``: the shared auxiliary noise of a latent (``None`` otherwise).
+
+    At a site with a latent map (:mod:`dgmkd.maps`) ``teacher`` and ``value`` are restricted to the
+    coordinates the student's noise comes from, ``noise`` is the student's (mapped) noise and
+    ``map`` the map.
     """
 
     name: str
@@ -52,15 +56,21 @@ class SitePair:
     student: Any
     value: torch.Tensor
     noise: torch.Tensor | None = None
+    map: Any = None
 
 
 @dataclass
 class Coupling:
     """The result of :func:`couple`: per-kind ordered mappings ``name -> SitePair`` (execution
-    order of the teacher), the two raw traces and the two models' return values."""
+    order of the teacher), the two raw traces and the two models' return values.
+
+    ``mapped``: latents under a map with no teacher counterpart of the student's coordinates
+    (:func:`dgmkd.maps.orthonormal`); they have no latent loss term, so they are kept out of
+    ``latents`` (their ``teacher`` is the full teacher distribution)."""
 
     mode: str
     latents: dict[str, SitePair] = field(default_factory=dict)
+    mapped: dict[str, SitePair] = field(default_factory=dict)
     targets: dict[str, SitePair] = field(default_factory=dict)
     deterministics: dict[str, SitePair] = field(default_factory=dict)
     teacher_trace: dict[str, dict] = field(default_factory=dict, repr=False)
@@ -70,7 +80,7 @@ class Coupling:
 
     def sites(self) -> dict[str, SitePair]:
         """All paired sites, in the teacher's execution order."""
-        return {n: self._by_kind(m["kind"])[n] for n, m in self.teacher_trace.items()}
+        return {n: self._by_kind(m["kind"]).get(n) or self.mapped[n] for n, m in self.teacher_trace.items()}
 
     def _by_kind(self, kind):
         return {"latent": self.latents, "target": self.targets, "deterministic": self.deterministics}[kind]
@@ -88,7 +98,8 @@ def validation(flag: bool):
 
 
 def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_noise",
-           validate_args: bool | None = None, teacher_grad: bool = False, **kwargs) -> Coupling:
+           validate_args: bool | None = None, teacher_grad: bool = False,
+           latent_maps: dict | None = None, **kwargs) -> Coupling:
     """Run ``teacher`` and ``student`` on the same ``*args, **kwargs`` with coupled randomness.
 
     ``mode="shared_noise"`` — the unified method (Chen et al. 2023, Eq. 4–7): both models compute
@@ -113,6 +124,11 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
     large share of a training step. ``None`` keeps torch's global setting; ``False`` turns the
     checks off while the two models run (:func:`dgmkd.distill` does so after validating its first
     step, and its NaN guard still stops a run whose loss goes bad).
+
+    ``latent_maps`` (site name -> :class:`dgmkd.maps.LatentMap`): a student with fewer latent
+    dimensions than the teacher at those sites; its noise there is a fixed map of the teacher's
+    (``dgmkd.maps.first(k)``, ``dgmkd.maps.orthonormal(k)``), so it is still a DGM of the shared
+    noise and Prop. 3.1 holds. See :mod:`dgmkd.maps` for the latent loss at such a site.
     """
     if mode not in ("shared_noise", "teacher_forced"):
         raise ValueError(f"unknown coupling mode {mode!r}; choose 'shared_noise' or 'teacher_forced'")
@@ -121,7 +137,9 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
     with validation(validate_args):
         with (nullcontext() if teacher_grad else torch.no_grad()), trace() as tt, draw_noise(defer_targets=True):
             t_out = teacher(*args, **kwargs)
-        rp = replay(tt.sites, mode)
+        if latent_maps:
+            _check_maps(latent_maps, tt.sites)
+        rp = replay(tt.sites, mode, latent_maps)
         with trace() as st, rp:
             s_out = student(*args, **kwargs)
     rp.check_complete()
@@ -130,5 +148,28 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
     ssites = st.sites
     for name, tm in tt.sites.items():
         sm = ssites[name]
-        groups[tm["kind"]][name] = SitePair(name, tm["kind"], tm["fn"], sm["fn"], tm["value"], tm["noise"])
+        lmap = latent_maps.get(name) if latent_maps else None
+        if lmap is None:
+            groups[tm["kind"]][name] = SitePair(name, tm["kind"], tm["fn"], sm["fn"], tm["value"], tm["noise"])
+            continue
+        restricted = lmap.restrict(tm["fn"])
+        if restricted is None:
+            c.mapped[name] = SitePair(name, "latent", tm["fn"], sm["fn"], tm["value"], sm["noise"], lmap)
+        else:
+            c.latents[name] = SitePair(name, "latent", restricted, sm["fn"], lmap.restrict_value(tm["value"]),
+                                       sm["noise"], lmap)
     return c
+
+
+def _check_maps(latent_maps: dict, sites: dict) -> None:
+    from .maps import LatentMap
+
+    if not isinstance(latent_maps, dict):
+        raise TypeError(f"latent_maps must be a dict site name -> dgmkd.maps map, got {type(latent_maps).__name__}")
+    for name, m in latent_maps.items():
+        if not isinstance(m, LatentMap):
+            raise TypeError(f"latent_maps[{name!r}] must be a dgmkd.maps map (first(k), orthonormal(k)), got {m!r}")
+        if name not in sites or sites[name]["kind"] != "latent":
+            latents = [n for n, msg in sites.items() if msg["kind"] == "latent"]
+            raise SiteMismatchError(f"latent_maps names site {name!r}, which is not a latent of the teacher; "
+                                    f"its latents: {latents}")

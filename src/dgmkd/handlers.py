@@ -195,13 +195,18 @@ class replay(Messenger):
     The correspondence is checked as it goes: a site missing from the record, a different kind,
     a different noise shape or law, or a shape mismatch of a substituted value raise
     :class:`SiteMismatchError` naming the site.
+
+    ``maps`` (site name -> :class:`dgmkd.maps.LatentMap`): at those latents the model's noise is
+    the map of the recorded noise (a narrower student); teacher forcing substitutes the map's
+    restriction of the recorded value.
     """
 
-    def __init__(self, sites: dict[str, dict], mode: str = "shared_noise"):
+    def __init__(self, sites: dict[str, dict], mode: str = "shared_noise", maps: dict | None = None):
         if mode not in _MODES:
             raise ValueError(f"unknown coupling mode {mode!r}; choose one of {', '.join(_MODES)}")
         self.sites = sites
         self.mode = mode
+        self.maps = maps or {}
         self.seen: set[str] = set()
 
     def __enter__(self):
@@ -222,6 +227,11 @@ class replay(Messenger):
             )
         self.seen.add(name)
         kind = msg["kind"]
+        lmap = self.maps.get(name)
+        if lmap is not None:
+            if kind != "latent":
+                raise SiteMismatchError(f"site {name!r} is a {kind}, but latent_maps maps only latent sites")
+            return self._mapped(name, msg, rec, lmap)
         if kind != "deterministic" and _dist_shape(msg["fn"]) != _dist_shape(rec["fn"]):
             # checked before any value is shared: broadcasting would silently pair the wrong things
             raise SiteMismatchError(
@@ -268,6 +278,46 @@ class replay(Messenger):
                 )
             msg["noise"] = rec["noise"]
             msg["value"] = v
+
+    def _mapped(self, name, msg, rec, lmap):
+        """A latent whose noise (or, teacher-forced, value) is a map of the teacher's."""
+        fn = msg["fn"]
+        if self.mode == "teacher_forced":
+            v = lmap.restrict_value(rec["value"])
+            if v is None:
+                raise SiteMismatchError(f"latent site {name!r}: the map {lmap!r} gives no teacher value for the "
+                                        "student's coordinates, so it cannot be teacher-forced (local distillation); "
+                                        "use dgmkd.maps.first(k) there")
+            if v.shape != _dist_shape(fn):
+                raise SiteMismatchError(f"latent site {name!r}: the map {lmap!r} gives the teacher's value the shape "
+                                        f"{tuple(v.shape)}, but the student's {type(fn).__name__} has shape "
+                                        f"{tuple(_dist_shape(fn))}")
+            msg["noise"], msg["value"] = None, v
+            return
+        if rec["noise"] is None:
+            raise SiteMismatchError(f"latent site {name!r} has no recorded noise in the teacher's trace")
+        law_t, law_s = reparam.noise_law(rec["fn"]), reparam.noise_law(fn)
+        if law_t != law_s:
+            raise SiteMismatchError(
+                f"latent site {name!r}: the teacher's {type(rec['fn']).__name__} uses {law_t} noise but the "
+                f"student's {type(fn).__name__} uses {law_s} noise; a latent map keeps the law, so both need the same"
+            )
+        eps = lmap.apply(name, rec["noise"], law_t)
+        try:
+            value = reparam.transform(fn, eps)
+        except RuntimeError as e:
+            raise SiteMismatchError(
+                f"latent site {name!r}: the map {lmap!r} turns the teacher's noise of shape "
+                f"{tuple(rec['noise'].shape)} into shape {tuple(eps.shape)}, which does not fit the student's "
+                f"{type(fn).__name__} of shape {tuple(_dist_shape(fn))}: {e}"
+            ) from e
+        if value.shape != _dist_shape(fn):
+            raise SiteMismatchError(
+                f"latent site {name!r}: the map {lmap!r} turns the teacher's noise of shape "
+                f"{tuple(rec['noise'].shape)} into shape {tuple(eps.shape)}, but the student's "
+                f"{type(fn).__name__} has shape {tuple(_dist_shape(fn))} (batch + event)"
+            )
+        msg["noise"], msg["value"] = eps, value
 
     def check_complete(self):
         missing = [n for n in self.sites if n not in self.seen]

@@ -620,14 +620,15 @@ class _Objective(torch.nn.Module):
     checks it.
     """
 
-    def __init__(self, teacher, student, mode, loss_fn):
+    def __init__(self, teacher, student, mode, loss_fn, latent_maps=None):
         super().__init__()
         self.student = student
         self.__dict__["teacher"] = teacher  # not a submodule
-        self.mode, self.loss_fn = mode, loss_fn
+        self.mode, self.loss_fn, self.latent_maps = mode, loss_fn, latent_maps
 
     def forward(self, *args, validate_args=None):
-        c = couple(self.teacher, self.student, *args, mode=self.mode, validate_args=validate_args)
+        c = couple(self.teacher, self.student, *args, mode=self.mode, validate_args=validate_args,
+                   latent_maps=self.latent_maps)
         self.__dict__["last"] = c  # kept (outside the module tree) to name the sites of a non-finite loss
         return self.loss_fn(c)
 
@@ -668,7 +669,7 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
             grad_clip: float | None = None, checkpoint: str | os.PathLike | None = None,
             checkpoint_every: int = 100, resume: bool = True, seed: int | None = 0, device=None,
             progress: bool = True, callback: Callable[[int, dict], None] | None = None,
-            find_unused_parameters: bool | None = None, log=None) -> dict[str, list]:
+            find_unused_parameters: bool | None = None, log=None, latent_maps: dict | None = None) -> dict[str, list]:
     """Distill ``teacher`` into ``student``; returns the loss history.
 
     ``method``:
@@ -689,9 +690,14 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
 
     ``log="metrics.csv"`` writes the history as it goes (a directory path: TensorBoard; see
     :func:`loop`).
+
+    ``latent_maps``: a student with fewer latent dimensions at some sites (see :mod:`dgmkd.maps`).
     """
     if isinstance(method, str) and method not in ("unified", "local"):
         raise ValueError(f"unknown method {method!r}; choose 'unified', 'local' or pass loss(coupling)")
+    if not isinstance(student, torch.nn.Module):
+        raise TypeError(f"the student must be an nn.Module (its parameters are trained), got {type(student).__name__}; "
+                        "for a Pyro model pass the module or a bound method of it to dgmkd.pyro.model")
     device = _DEFAULT_DEVICE if device is None else device
     ddp.init(device)
     device = ddp.device_for(device)
@@ -714,7 +720,7 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
             return losses.local(c, divergence, deterministic)
         return method(c)
 
-    objective = _Objective(teacher, student, mode, loss_fn)
+    objective = _Objective(teacher, student, mode, loss_fn, latent_maps)
     distributed = ddp.active()
     runner = None if distributed else objective  # DistributedDataParallel, made at the first step
     first_step = True  # of this call (after a resume too): validate arguments, make the DDP wrapper
@@ -744,4 +750,5 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
                             "latent_divergence": latent_divergence, "deterministic": deterministic,
                             "teacher": weights_hash(teacher),
                             "teacher_shapes": module_fingerprint(teacher) if isinstance(teacher, torch.nn.Module)
-                            else None})
+                            else None,
+                            **({"latent_maps": {k: repr(v) for k, v in latent_maps.items()}} if latent_maps else {})})
