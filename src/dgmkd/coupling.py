@@ -67,6 +67,7 @@ class Coupling:
     student_trace: dict[str, dict] = field(default_factory=dict, repr=False)
     teacher_output: Any = field(default=None, repr=False)
     student_output: Any = field(default=None, repr=False)
+    probes: Any = field(default=None, repr=False)  # discrete_grad.Probes, or None
 
     def sites(self) -> dict[str, SitePair]:
         """All paired sites, in the teacher's execution order."""
@@ -88,7 +89,8 @@ def validation(flag: bool):
 
 
 def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_noise",
-           validate_args: bool | None = None, teacher_grad: bool = False, **kwargs) -> Coupling:
+           validate_args: bool | None = None, teacher_grad: bool = False, discrete_grad: bool = False,
+           **kwargs) -> Coupling:
     """Run ``teacher`` and ``student`` on the same ``*args, **kwargs`` with coupled randomness.
 
     ``mode="shared_noise"`` — the unified method (Chen et al. 2023, Eq. 4–7): both models compute
@@ -109,6 +111,13 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
     large share of a training step. ``None`` keeps torch's global setting; ``False`` turns the
     checks off while the two models run (:func:`dgmkd.distill` does so after validating its first
     step, and its NaN guard still stops a run whose loss goes bad).
+
+    ``discrete_grad=True`` (shared noise): the surrogate and latent losses computed from this
+    coupling also get an unbiased gradient for student parameters that act through discrete
+    latents, by boundary terms at the jumps of the quantile coupling (:mod:`dgmkd.discrete_grad`):
+    three extra forward passes without gradients per discrete latent site, made when the first
+    loss is computed. No extra work without discrete latents, or with ``mode="teacher_forced"``.
+    A discrete type registered without its jumps raises an error naming the site.
     """
     if mode not in ("shared_noise", "teacher_forced"):
         raise ValueError(f"unknown coupling mode {mode!r}; choose 'shared_noise' or 'teacher_forced'")
@@ -121,10 +130,21 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
         with trace() as st, rp:
             s_out = student(*args, **kwargs)
     rp.check_complete()
-    c = Coupling(mode, teacher_trace=tt.sites, student_trace=st.sites, teacher_output=t_out, student_output=s_out)
+    c = _pair(mode, tt.sites, st.sites, t_out, s_out)
+    if discrete_grad and mode == "shared_noise":
+        from .discrete_grad import Probes, discrete_sites
+
+        names = discrete_sites(c)
+        if names:
+            c.probes = Probes(c, teacher, student, args, kwargs, names)
+    return c
+
+
+def _pair(mode: str, tsites: dict, ssites: dict, t_out, s_out) -> Coupling:
+    """The :class:`Coupling` of two traces (the teacher's order)."""
+    c = Coupling(mode, teacher_trace=tsites, student_trace=ssites, teacher_output=t_out, student_output=s_out)
     groups = {"latent": c.latents, "target": c.targets, "deterministic": c.deterministics}
-    ssites = st.sites
-    for name, tm in tt.sites.items():
+    for name, tm in tsites.items():
         sm = ssites[name]
         groups[tm["kind"]][name] = SitePair(name, tm["kind"], tm["fn"], sm["fn"], tm["value"], tm["noise"])
     return c
