@@ -285,3 +285,12 @@ def test_registered_discrete_type_without_jumps_names_the_site():
 def test_register_rejects_a_non_callable_boundary():
     with pytest.raises(TypeError, match="boundary"):
         reparam.register(MyBern, reparam._uniform_noise_batch, reparam._bernoulli, boundary=3)
+
+
+def test_distill_with_discrete_grad_fits_a_parameter_acting_only_through_a_bernoulli():
+    """latent_weight=0: the surrogate is the only signal, and without discrete_grad it has none for theta."""
+    h = torch.tensor([0.0, 3.0], dtype=DT)
+    t, s = OneSite("bernoulli", 1.0, h), OneSite("bernoulli", -1.0, h)
+    hist = dgmkd.distill(t, s, 256, "unified", 300, lr=0.05, latent_weight=0.0, progress=False, discrete_grad=True)
+    assert abs(s.theta.item() - 1.0) < 0.1, s.theta.item()
+    assert hist["loss"][-1] < 0.05 * hist["loss"][0]
