@@ -89,7 +89,7 @@ def validation(flag: bool):
 
 
 def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_noise",
-           validate_args: bool | None = None, teacher_grad: bool = False, discrete_grad: bool = False,
+           validate_args: bool | None = None, teacher_grad: bool = False, discrete_grad: bool | int = False,
            **kwargs) -> Coupling:
     """Run ``teacher`` and ``student`` on the same ``*args, **kwargs`` with coupled randomness.
 
@@ -116,7 +116,8 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
     coupling also get an unbiased gradient for student parameters that act through discrete
     latents, by boundary terms at the jumps of the quantile coupling (:mod:`dgmkd.discrete_grad`):
     three extra forward passes without gradients per discrete latent site, made when the first
-    loss is computed. No extra work without discrete latents, or with ``mode="teacher_forced"``.
+    loss is computed. An int ``k`` probes only ``k`` discrete sites per call (drawn, reweighted):
+    cheaper, noisier. No extra work without discrete latents, or with ``mode="teacher_forced"``.
     A discrete type registered without its jumps raises an error naming the site.
     """
     if mode not in ("shared_noise", "teacher_forced"):
@@ -131,12 +132,13 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
             s_out = student(*args, **kwargs)
     rp.check_complete()
     c = _pair(mode, tt.sites, st.sites, t_out, s_out)
-    if discrete_grad and mode == "shared_noise":
-        from .discrete_grad import Probes, discrete_sites
+    if discrete_grad is not False and discrete_grad is not None:
+        from .discrete_grad import Probes, discrete_sites, sites_per_step
 
-        names = discrete_sites(c)
+        k = sites_per_step(discrete_grad)
+        names = discrete_sites(c) if mode == "shared_noise" else []
         if names:
-            c.probes = Probes(c, teacher, student, args, kwargs, names)
+            c.probes = Probes(c, teacher, student, args, kwargs, names, k)
     return c
 
 

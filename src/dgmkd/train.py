@@ -554,7 +554,7 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
             grad_clip: float | None = None, checkpoint: str | os.PathLike | None = None,
             checkpoint_every: int = 100, resume: bool = True, seed: int | None = 0, device=None,
             progress: bool = True, callback: Callable[[int, dict], None] | None = None,
-            find_unused_parameters: bool | None = None, discrete_grad: bool = False) -> dict[str, list]:
+            find_unused_parameters: bool | None = None, discrete_grad: bool | int = False) -> dict[str, list]:
     """Distill ``teacher`` into ``student``; returns the loss history.
 
     ``method``:
@@ -575,7 +575,8 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
 
     ``discrete_grad=True``: the shared-noise losses also reach student parameters that act through
     discrete latents (:mod:`dgmkd.discrete_grad`; three extra passes without gradients per discrete
-    latent site and step; no extra work without discrete latents or with ``method="local"``).
+    latent site and step, or for ``k`` sites drawn per step with an int ``k``; no extra work without
+    discrete latents or with ``method="local"``).
     """
     if isinstance(method, str) and method not in ("unified", "local"):
         raise ValueError(f"unknown method {method!r}; choose 'unified', 'local' or pass loss(coupling)")
@@ -628,7 +629,7 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
                callback=callback, sync_gradients=False, data_parallel=distributed, explain=explain,
                fingerprint={"method": method, "latent_weight": latent_weight, "divergence": divergence,
                             "latent_divergence": latent_divergence, "deterministic": deterministic,
-                            **({"discrete_grad": True} if discrete_grad else {}),
+                            **({"discrete_grad": discrete_grad} if discrete_grad else {}),
                             "teacher": weights_hash(teacher),
                             "teacher_shapes": module_fingerprint(teacher) if isinstance(teacher, torch.nn.Module)
                             else None})
