@@ -16,7 +16,9 @@ teacher's interval ``[F_T(k_T - 1), F_T(k_T))`` and the student's value has the 
 score-function estimator is ``grad L + (L - b) * sum over units grad log pi(k_S | k_T)`` (per
 example, ``b`` the leave-one-out batch mean of ``L``, or 0). Both are compared with the exact
 gradient (enumeration of the coupled configurations). Reported: the summed variance over the
-parameters that act only through discrete latents (``a``, ``W``, ``b``), and over all.
+parameters that act only through discrete latents (``a``, ``W``, ``b``), and over all, and the
+variance ratio times the time ratio (the variance at equal compute: above 1, the boundary
+estimator is the better use of time).
 
     python benchmarks/discrete_grad.py [--rounds 7] [--steps 10] [--batch 256] [--repeats 200]
 
@@ -55,22 +57,22 @@ def step_fn(t, s, lw, discrete, n):
     return step
 
 
-def time_case(name, t, s, lw, n, rounds, steps):
-    fns = {d: step_fn(t, s, lw, d, n) for d in (False, True)}
+def time_case(name, t, s, lw, n, rounds, steps, variant=True):
+    fns = {d: step_fn(t, s, lw, d, n) for d in (False, variant)}
     for f in fns.values():
         f()
-    times = {False: [], True: []}
+    times = {False: [], variant: []}
     for _ in range(rounds):
         for d, f in fns.items():
             t0 = time.perf_counter()
             for _ in range(steps):
                 f()
             times[d].append((time.perf_counter() - t0) / steps)
-    c = dgmkd.couple(t, s, n, discrete_grad=True)
+    c = dgmkd.couple(t, s, n, discrete_grad=variant)
     losses.unified(c, lw)
     passes = c.probes.passes if c.probes is not None else 0
-    plain, disc = statistics.median(times[False]), statistics.median(times[True])
-    print(f"{name:38s} plain {plain * 1e3:7.2f} ms  discrete_grad {disc * 1e3:7.2f} ms  "
+    plain, disc = statistics.median(times[False]), statistics.median(times[variant])
+    print(f"{name:46s} plain {plain * 1e3:7.2f} ms  discrete_grad={variant!s:4s} {disc * 1e3:7.2f} ms  "
           f"ratio {disc / plain:5.2f}  extra passes/step {passes}")
     return disc / plain
 
@@ -111,9 +113,9 @@ def score_estimate(t, s, lw, n, baseline: bool):
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in s.parameters()])
 
 
-def boundary_estimate(t, s, lw, n):
+def boundary_estimate(t, s, lw, n, variant=True):
     s.zero_grad()
-    losses.unified(dgmkd.couple(t, s, n, discrete_grad=True), lw).backward()
+    losses.unified(dgmkd.couple(t, s, n, discrete_grad=variant), lw).backward()
     return torch.cat([p.grad.reshape(-1) for p in s.parameters()])
 
 
@@ -125,6 +127,7 @@ def variance(batch, repeats, lw=0.5):
     exact = torch.cat([p.grad.reshape(-1) for p in s.parameters()])
     nd = 2 + s.W.numel() + s.b.numel()
     ests = {"boundary (discrete_grad)": lambda: boundary_estimate(t, s, lw, batch),
+            "boundary, 1 site/step (=1)": lambda: boundary_estimate(t, s, lw, batch, 1),
             "score function": lambda: score_estimate(t, s, lw, batch, False),
             "score function + loo baseline": lambda: score_estimate(t, s, lw, batch, True)}
     print(f"\nvariance on the two-layer model (Bernoulli x2 -> Categorical(3) -> Normal), batch {batch}, "
@@ -136,12 +139,15 @@ def variance(batch, repeats, lw=0.5):
         dt = (time.perf_counter() - t0) / repeats
         var = g.var(0)
         zmax = ((g.mean(0) - exact).abs() / (g.std(0) / repeats ** 0.5).clamp(min=1e-12)).max()
-        out[name] = var
-        print(f"  {name:32s} sum var (a, W, b) {float(var[:nd].sum()):10.3e}  sum var (all) "
+        out[name] = (var, dt)
+        print(f"  {name:30s} sum var (a, W, b) {float(var[:nd].sum()):10.3e}  sum var (all) "
               f"{float(var.sum()):10.3e}  max |mean - exact| / se {float(zmax):5.2f}  {dt * 1e3:6.1f} ms/estimate")
+    vb, tb = out["boundary (discrete_grad)"]
     for name in list(ests)[1:]:
-        print(f"  variance ratio {name} / boundary (a, W, b): "
-              f"{float(out[name][:nd].sum() / out['boundary (discrete_grad)'][:nd].sum()):.1f}")
+        v, dt = out[name]
+        r = float(v[:nd].sum() / vb[:nd].sum())
+        print(f"  {name} / boundary, sum var (a, W, b): {r:.2f}; x time per estimate (variance at equal "
+              f"compute): {r * dt / tb:.2f}")
 
 
 def main():
@@ -156,6 +162,8 @@ def main():
     print(f"time per distillation step (batch {a.batch}; medians of {a.rounds} rounds x {a.steps} steps):")
     hm = time_case("Helmholtz machine 8 -> 2 (4 Bernoulli sites)", HelmholtzMachine(8), HelmholtzMachine(2), 1.0,
                    a.batch, a.rounds, a.steps)
+    time_case("Helmholtz machine 8 -> 2, one site per step", HelmholtzMachine(8), HelmholtzMachine(2), 1.0,
+              a.batch, a.rounds, a.steps, variant=1)
     time_case("two-layer (Bernoulli, Categorical)", TwoLayer("categorical", 1), TwoLayer("categorical", 2), 0.5,
               a.batch, a.rounds, a.steps)
     time_case("Gaussian chain, 8 layers (no discrete)", ResidualChain(8), ResidualChain(8), 0.1, a.batch, a.rounds,

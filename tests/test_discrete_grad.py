@@ -144,7 +144,7 @@ def test_estimator_mean_is_the_exact_gradient(second):
 
 
 def test_one_site_per_step_is_unbiased_too():
-    """discrete_grad=1: one of the two discrete sites per call, weighted by 2 (3 passes instead of 6)."""
+    """discrete_grad=1: each example probes one of the two discrete sites, weighted by 2 (3 passes instead of 6)."""
     torch.manual_seed(3)
     t, s = TwoLayer("categorical", 1), TwoLayer("categorical", 2)
     exact = fd_gradient(t, s, 0.5)
@@ -169,8 +169,8 @@ def test_flipping_only_the_students_unit_is_rejected(monkeypatch):
     exact = fd_gradient(t, s, 0.5)
 
     class Naive(discrete_grad._TeacherAtJump):
-        def __init__(self, sites, name, noise):
-            super().__init__(sites, name, sites[name]["noise"])
+        def __init__(self, sites, noise):
+            super().__init__(sites, {name: sites[name]["noise"] for name in noise})
 
     monkeypatch.setattr(discrete_grad, "_TeacherAtJump", Naive)
     z, _ = zscores(estimates(t, s, 0.5, repeats=40, n=2000), exact)

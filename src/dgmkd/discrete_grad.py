@@ -25,8 +25,10 @@ importance-weighted; a Bernoulli has one), so a site costs three extra forward p
 gradients: the teacher at the jump, the student below it and above it. Summing over every variable
 (and every jump) would cost three passes per variable and be exact over the choice; the sampled
 variant trades that for variance that shrinks with the batch. ``discrete_grad=k`` (an int) goes one
-step further: only ``k`` of the ``S`` discrete sites, drawn per step without replacement, are
-probed, their terms weighted by ``S / k`` — ``3 k`` passes instead of ``3 S``, at more variance.
+step further: ``k`` rounds of three passes, in each of which every example probes one of the ``S``
+discrete sites, drawn per example (weight ``S / k``) — ``3 k`` passes instead of ``3 S``, at more
+variance. (Drawing the site per example rather than per step keeps that variance shrinking with the
+batch: a site drawn once per step for the whole batch adds noise of the size of the gradient itself.)
 The term's value is zero — only its gradient is the estimator — so loss histories are unchanged.
 
 Nothing happens for models without discrete latents, for sites whose student distribution does not
@@ -114,13 +116,13 @@ def discrete_sites(c) -> list[str]:
 
 
 class _TeacherAtJump(Messenger):
-    """Re-run the teacher on its own record with one site's noise replaced. Targets keep their
-    recorded value in the examples where the teacher's value at that site did not change (its
-    whole run is then the same) and are drawn afresh from the teacher elsewhere (so each is a
-    sample of the teacher's conditional at the new noise)."""
+    """Re-run the teacher on its own record with some sites' noise replaced (``noise``: name ->
+    tensor). Targets keep their recorded value in the examples where the teacher's values at those
+    sites did not change (its whole run is then the same) and are drawn afresh from the teacher
+    elsewhere (so each is a sample of the teacher's conditional at the new noise)."""
 
-    def __init__(self, sites: dict, name: str, noise: torch.Tensor):
-        self.sites, self.name, self.noise = sites, name, noise
+    def __init__(self, sites: dict, noise: dict[str, torch.Tensor]):
+        self.sites, self.noise = sites, noise
         self.changed = None
 
     def process_message(self, msg):
@@ -128,12 +130,13 @@ class _TeacherAtJump(Messenger):
         if rec is None or rec["kind"] != msg["kind"]:
             raise SiteMismatchError(f"site {msg['name']!r}: the teacher's re-run does not match its first run")
         if msg["kind"] == "latent":
-            eps = self.noise if msg["name"] == self.name else rec["noise"]
+            eps = self.noise.get(msg["name"], rec["noise"])
             msg["noise"] = eps
             msg["value"] = reparam.transform(msg["fn"], eps)
-            if msg["name"] == self.name:
+            if msg["name"] in self.noise:
                 diff = msg["value"] != rec["value"]
-                self.changed = diff.reshape(diff.shape[0], -1).any(1) if diff.dim() else diff.reshape(1)
+                diff = diff.reshape(diff.shape[0], -1).any(1)
+                self.changed = diff if self.changed is None else self.changed | diff
         elif msg["kind"] == "target":
             v = rec["value"]
             if self.changed is not None and bool(self.changed.any()):
@@ -144,28 +147,34 @@ class _TeacherAtJump(Messenger):
 
 
 class _Force(Messenger):
-    """Give one latent site a fixed value (outside :class:`~dgmkd.handlers.replay`, so after it)."""
+    """Set chosen entries of some latent sites (``force``: name -> (mask, value)); placed outside
+    :class:`~dgmkd.handlers.replay`, so it sees the value the replay computed and overrides it."""
 
-    def __init__(self, name: str, value: torch.Tensor):
-        self.name, self.value = name, value
+    def __init__(self, force: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        self.force = force
 
     def process_message(self, msg):
-        if msg["name"] == self.name:
-            msg["value"] = self.value
+        f = self.force.get(msg["name"])
+        if f is not None:
+            msg["value"] = torch.where(f[0], f[1].to(msg["value"].dtype), msg["value"])
 
 
 @dataclass
 class _Probe:
-    name: str
-    position: torch.Tensor  # (B,), carries the gradient of the chosen jump's position
+    position: torch.Tensor  # (B,), carries the gradient of each example's chosen jump position
     weight: torch.Tensor    # (B,)
-    lower: object           # Coupling with the student's chosen variable at k
+    lower: object           # Coupling with each example's chosen variable at k
     upper: object           # ... at k + 1
 
 
 class Probes:
-    """The re-runs of one coupling for ``discrete_grad=True``, made on first use and shared by
-    every loss computed from that coupling; :meth:`term` turns a loss into its boundary term."""
+    """The re-runs of one coupling for ``discrete_grad``, made on first use and shared by every
+    loss computed from that coupling; :meth:`term` turns a loss into its boundary term.
+
+    A *round* is three passes (teacher at the jumps, student below and above them) in which each
+    example has at most one chosen variable, in one chosen site. ``True``: one round per discrete
+    site, every example probing that site. ``k``: ``k`` rounds, each example probing a site drawn
+    uniformly (weight ``S``), so different examples probe different sites in one pass."""
 
     def __init__(self, coupling, teacher: Callable, student: Callable, args: tuple, kwargs: dict,
                  sites: list[str], sites_per_step: int | None = None):
@@ -175,44 +184,65 @@ class Probes:
         self._probes: list[_Probe] | None = None
         self.passes = 0  # extra forward passes made (teacher + student)
 
+    def _rounds(self, B: int, device) -> list[dict[str, torch.Tensor | None]]:
+        """Per round, site -> examples probing it (``None``: all), and the weight of a site choice."""
+        S, k = len(self.sites), self.sites_per_step
+        if k is None:
+            return [{name: None} for name in self.sites]
+        out = []
+        for _ in range(k):
+            pick = torch.randint(S, (B,), device=device)
+            out.append({name: pick == i for i, name in enumerate(self.sites)})
+        return out
+
     def _make(self) -> list[_Probe]:
         from .coupling import _pair, validation
 
         c = self.coupling
+        first = c.latents[self.sites[0]].noise
+        if first.dim() == 0:
+            raise SiteMismatchError(f"latent site {self.sites[0]!r}: discrete_grad needs a batch dimension (dim 0)")
+        B = first.shape[0]
+        scale = 1.0 if self.sites_per_step is None else len(self.sites) / self.sites_per_step
         out = []
-        sites, scale = self.sites, 1.0
-        k = self.sites_per_step
-        if k is not None and k < len(sites):
-            chosen = set(torch.randperm(len(sites))[:k].tolist())
-            sites, scale = [n for i, n in enumerate(sites) if i in chosen], len(self.sites) / k
-        for name in sites:
-            pair = c.latents[name]
-            jump = reparam.lookup(_base(pair.student)).boundary(_base(pair.student))
-            if not jump.position.requires_grad:
-                continue  # nothing trainable acts through this site
-            eps = pair.noise
-            if eps.dim() == 0:
-                raise SiteMismatchError(f"latent site {name!r}: discrete_grad=True needs a batch dimension (dim 0)")
-            B = eps.shape[0]
-            U = eps[0].numel()
-            pick = torch.randint(U, (B,), device=eps.device)
-            mask = torch.nn.functional.one_hot(pick, U).reshape(eps.shape).bool()
-            sel = lambda x: torch.where(mask, x, torch.zeros_like(x)).reshape(B, -1).sum(1)  # noqa: E731
-            position, weight = sel(jump.position), sel(jump.weight.detach()) * (U * scale)
-            noise = torch.where(mask, jump.noise.to(eps.dtype), eps)
-            s_val = c.student_trace[name]["value"].detach()
-            mv = mask.reshape(mask.shape + (1,) * (s_val.dim() - mask.dim()))
+        for rnd in self._rounds(B, first.device):
+            position = weight = None
+            noise, lo, hi = {}, {}, {}
+            for name, examples in rnd.items():
+                pair = c.latents[name]
+                base = _base(pair.student)
+                jump = reparam.lookup(base).boundary(base)
+                if not jump.position.requires_grad:
+                    continue  # nothing trainable acts through this site
+                eps = pair.noise
+                if eps.dim() == 0 or eps.shape[0] != B:
+                    raise SiteMismatchError(f"latent site {name!r}: discrete_grad needs the batch ({B}) as "
+                                            f"dimension 0 of every discrete site, got noise of shape {tuple(eps.shape)}")
+                U = eps[0].numel()
+                pick = torch.randint(U, (B,), device=eps.device)
+                mask = torch.nn.functional.one_hot(pick, U).reshape(eps.shape).bool()
+                if examples is not None:
+                    mask &= examples.reshape((B,) + (1,) * (eps.dim() - 1))
+                sel = lambda x: torch.where(mask, x, torch.zeros_like(x)).reshape(B, -1).sum(1)  # noqa: E731
+                pos, w = sel(jump.position), sel(jump.weight.detach()) * (U * scale)
+                position = pos if position is None else position + pos
+                weight = w if weight is None else weight + w
+                noise[name] = torch.where(mask, jump.noise.to(eps.dtype), eps)
+                v = c.student_trace[name]["value"]
+                mv = mask.reshape(mask.shape + (1,) * (v.dim() - mask.dim()))
+                lo[name], hi[name] = (mv, jump.lower), (mv, jump.upper)
+            if not noise:
+                continue
             with torch.no_grad(), validation(False):
-                with trace() as tt, _TeacherAtJump(c.teacher_trace, name, noise):
+                with trace() as tt, _TeacherAtJump(c.teacher_trace, noise):
                     t_out = self.teacher(*self.args, **self.kwargs)
                 runs = []
-                for v in (jump.lower, jump.upper):
-                    forced = torch.where(mv, v.to(s_val.dtype), s_val)
-                    with trace() as st, _Force(name, forced), replay(tt.sites, "shared_noise"):
+                for force in (lo, hi):
+                    with trace() as st, _Force(force), replay(tt.sites, "shared_noise"):
                         s_out = self.student(*self.args, **self.kwargs)
                     runs.append(_pair("shared_noise", tt.sites, st.sites, t_out, s_out))
             self.passes += 3
-            out.append(_Probe(name, position, weight, *runs))
+            out.append(_Probe(position, weight, *runs))
         return out
 
     def term(self, loss: Callable) -> torch.Tensor:
@@ -228,8 +258,8 @@ class Probes:
             B = p.position.shape[0]
             if diff.dim() and diff.shape != (B,):
                 raise SiteMismatchError(
-                    f"latent site {p.name!r}: discrete_grad=True needs per-example losses over the batch of "
-                    f"{B}, got shape {tuple(diff.shape)}; dimension 0 of every site must be the batch"
+                    f"discrete_grad needs per-example losses over the batch of {B}, got shape "
+                    f"{tuple(diff.shape)}; dimension 0 of every site must be the batch"
                 )
             total = total + (p.weight * diff * (p.position - p.position.detach())).sum() / B
         return total
