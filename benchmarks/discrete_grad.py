@@ -127,7 +127,7 @@ def variance(batch, repeats, lw=0.5):
     exact = torch.cat([p.grad.reshape(-1) for p in s.parameters()])
     nd = 2 + s.W.numel() + s.b.numel()
     ests = {"boundary (discrete_grad)": lambda: boundary_estimate(t, s, lw, batch),
-            "boundary, 1 site/step (=1)": lambda: boundary_estimate(t, s, lw, batch, 1),
+            "boundary, discrete_grad=1": lambda: boundary_estimate(t, s, lw, batch, 1),
             "score function": lambda: score_estimate(t, s, lw, batch, False),
             "score function + loo baseline": lambda: score_estimate(t, s, lw, batch, True)}
     print(f"\nvariance on the two-layer model (Bernoulli x2 -> Categorical(3) -> Normal), batch {batch}, "

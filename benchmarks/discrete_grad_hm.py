@@ -1,7 +1,8 @@
 """Helmholtz-machine compression (``hm-compress``'s models, data, training and exact KL) with the
 unified method with and without ``discrete_grad=True``, and local for reference; one seed.
 
-    python benchmarks/discrete_grad_hm.py [--seed 0] [--widths 2 1] [--steps 3000]
+    python benchmarks/discrete_grad_hm.py [--seed 0] [--widths 2 1] [--steps 3000] [--methods ...]
+        [--latent-weight 1.0]
 
 Prints per student width and method the exact KL(p_T || p_S) (mean over the teacher samples, its
 standard error), the test log-likelihood and the distillation time.
@@ -20,14 +21,22 @@ from dgmkd.experiments.hm_compress import Config, evaluate, student, wake_sleep
 from dgmkd.models.helmholtz import HelmholtzMachine
 
 
+METHODS = {"unified": ("unified", {}), "unified+dg": ("unified", {"discrete_grad": True}),
+           "unified+dg1": ("unified", {"discrete_grad": 1}), "local": ("local", {})}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--widths", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--steps", type=int, default=3000, help="distillation steps (hm-compress: 3000)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                    help="unified+dg: discrete_grad=True; unified+dg1: discrete_grad=1")
+    ap.add_argument("--latent-weight", type=float, default=1.0, help="hm-compress: 1.0")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = Config(seeds=(a.seed,), student_hidden=tuple(a.widths), distill_steps=a.steps, progress=False)
+    cfg = Config(seeds=(a.seed,), student_hidden=tuple(a.widths), distill_steps=a.steps, progress=False,
+                 latent_weight=a.latent_weight)
     train_y, test_y, (_, std) = split_faithful(cfg.n_test, cfg.split_seed)
     seed = a.seed
     harness.manual_seed(seed, "teacher-init")
@@ -41,8 +50,8 @@ def main():
           "teacher samples (exact densities)")
     print(f"{'width':>5} {'method':28s} {'KL(p_T||p_S)':>14} {'s.e.':>9} {'test LL':>9} {'time s':>7}")
     for w in cfg.student_hidden:
-        for name, method, kw in (("unified", "unified", {}), ("unified + discrete_grad", "unified",
-                                                            {"discrete_grad": True}), ("local", "local", {})):
+        for name in a.methods:
+            method, kw = METHODS[name]
             t0 = time.perf_counter()
             s = student(seed, w, method, cfg, lambda h: HelmholtzMachine(h, y_std=cfg.y_std), teacher, None,
                         lambda _: {"lr": cfg.distill_lr, **kw})
