@@ -6,7 +6,7 @@ losses in :mod:`dgmkd.losses` (surrogate, latent, unified, local — Chen et al.
 small functions of the result; :func:`distill` is the one training loop.
 """
 
-from . import checkpoint, divergences, handlers, losses, reparam
+from . import checkpoint, discrete_grad, divergences, handlers, losses, reparam
 from .coupling import Coupling, SitePair, couple
 from .delta import Delta
 from .handlers import SiteMismatchError
@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "latent", "target", "deterministic", "couple", "Delta", "Coupling", "SitePair", "distill", "train",
-    "losses", "divergences", "reparam", "handlers", "checkpoint",
+    "losses", "divergences", "reparam", "handlers", "checkpoint", "discrete_grad",
     "SiteMismatchError", "UnsupportedDistributionError", "NonFiniteLossError",
 ]
