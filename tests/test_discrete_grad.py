@@ -314,3 +314,75 @@ def test_distill_with_discrete_grad_fits_a_parameter_acting_only_through_a_berno
     hist = dgmkd.distill(t, s, 256, "unified", 150, lr=0.1, latent_weight=0.0, progress=False, discrete_grad=True)
     assert abs(s.theta.item() - 1.0) < 0.1, s.theta.item()
     assert hist["loss"][-1] < 0.05 * hist["loss"][0]
+
+
+class MidTarget(nn.Module):
+    """z1 (Bernoulli) -> y1 (target) -> z2 (Bernoulli | y1) -> y2 (target), the Helmholtz machine's
+    shape: the teacher's re-run at a jump of z1 must redraw y1 where its z1 changed."""
+
+    def __init__(self, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.p = nn.Parameter(torch.randn(8, generator=g, dtype=DT))  # a, m1, c1, w, v, b, m2, c2
+
+    def forward(self, n):
+        a, m1, c1, w, v, b, m2, c2 = self.p
+        z1 = dgmkd.latent("z1", Bernoulli(logits=a.expand(n, 1)))
+        y1 = dgmkd.target("y1", Normal(m1 * z1 + c1, 1.0))
+        z2 = dgmkd.latent("z2", Bernoulli(logits=w * y1 + v * z1 + b))
+        return dgmkd.target("y2", Normal(m2 * z2 + c2, 1.0))
+
+
+def mid_exact(t, s):
+    """E[surrogate]: the coupled z's enumerated, y1 integrated on a fine grid (trapezoid)."""
+    at, m1t, c1t, wt, vt, bt, m2t, c2t = t.p
+    as_, m1s, c1s, ws, vs, bs, m2s, c2s = s.p
+    cdf = lambda logit: torch.stack([1 - torch.sigmoid(logit), torch.ones_like(logit)], -1)  # noqa: E731
+    P1 = coupled_pmf(cdf(at), cdf(as_))
+    total = 0
+    for i, j in itertools.product((0, 1), repeat=2):
+        mt, ms = m1t * i + c1t, m1s * j + c1s
+        y = torch.linspace(-9, 9, 6001, dtype=DT) + mt.detach()
+        dens = torch.exp(-0.5 * (y - mt) ** 2) / (2 * torch.pi) ** 0.5
+        pt, ps = 1 - torch.sigmoid(wt * y + vt * i + bt), 1 - torch.sigmoid(ws * y + vs * j + bs)  # F(0) per y
+        # coupled pmf of z2 per grid point, and the y2 KL per (z2_T, z2_S)
+        inner = 0
+        for k, l in itertools.product((0, 1), repeat=2):
+            lo_t, hi_t = (0, pt) if k == 0 else (pt, 1)
+            lo_s, hi_s = (0, ps) if l == 0 else (ps, 1)
+            ov = (torch.minimum(torch.as_tensor(hi_t, dtype=DT), torch.as_tensor(hi_s, dtype=DT))
+                  - torch.maximum(torch.as_tensor(lo_t, dtype=DT), torch.as_tensor(lo_s, dtype=DT))).clamp(min=0)
+            inner = inner + ov * 0.5 * ((m2t * k + c2t) - (m2s * l + c2s)) ** 2
+        total = total + P1[i, j] * (0.5 * (mt - ms) ** 2 + torch.trapezoid(dens * inner, y))
+    return total
+
+
+def mid_estimates(t, s, n):
+    g = []
+    for _ in range(40):
+        s.zero_grad()
+        losses.surrogate(dgmkd.couple(t, s, n, discrete_grad=True)).backward()
+        g.append(s.p.grad.clone())
+    return torch.stack(g)
+
+
+def test_target_between_discrete_layers_is_redrawn_where_the_teacher_changed(monkeypatch):
+    torch.manual_seed(5)
+    t, s = MidTarget(11), MidTarget(12)
+    with torch.no_grad():  # z1 far apart (the teacher's z1 often changes at the student's jump), y1 spread by z1
+        t.p.copy_(torch.tensor([0.8, 3.0, -1.0, 1.5, 1.0, 0.2, 2.0, 0.0]))
+        s.p.copy_(torch.tensor([-0.6, 2.5, -0.5, 1.0, -1.0, 0.4, 1.5, 0.3]))
+    s.zero_grad()
+    mid_exact(t, s).backward()
+    exact = s.p.grad.clone()
+    z, _ = zscores(mid_estimates(t, s, 2000), exact)
+    assert z.abs().max() < Z, (z, exact)
+
+    class KeepTargets(discrete_grad._TeacherAtJump):  # the bug: y1 kept from the teacher's old z1
+        def process_message(self, msg):
+            super().process_message(msg)
+            self.changed = None
+
+    monkeypatch.setattr(discrete_grad, "_TeacherAtJump", KeepTargets)
+    z, _ = zscores(mid_estimates(t, s, 3000), exact)
+    assert z.abs().max() > Z
