@@ -6,7 +6,11 @@ without ``discrete_grad``, interleaved in one process, medians compared, on
 * the Helmholtz machine of ``hm-compress`` (teacher width 8, student width 2, four Bernoulli
   sites: 3 x 4 = 12 extra passes without gradients per step);
 * the two-discrete-layer model of ``tests/test_discrete_grad.py`` (Bernoulli + Categorical);
-* a Gaussian chain (no discrete latent: no extra pass, the ratio should be ~1).
+* a Gaussian chain (no discrete latent: no extra pass, the ratio should be ~1);
+* the 20-layer binomial chain of ``toy-chain`` (19 Binomial(1000) sites; ``--binomial-rounds``
+  rounds, few: ``discrete_grad=True`` takes seconds per step there). Its ``QuantileBinomial`` is
+  registered in the library without jumps; this script registers ``reparam.binomial_jump`` for
+  it, the one-argument change ``models/toy_chain.py`` needs for ``discrete_grad``.
 
 Variance, on the two-layer model (batch ``--batch``, ``--repeats`` independent estimates): the
 boundary estimator against the score-function (REINFORCE) estimator of the same gradient. Under
@@ -21,6 +25,7 @@ variance ratio times the time ratio (the variance at equal compute: above 1, the
 estimator is the better use of time).
 
     python benchmarks/discrete_grad.py [--rounds 7] [--steps 10] [--batch 256] [--repeats 200]
+        [--binomial-rounds 2]
 
 Last line: ``cost_ratio_hm=<median ratio>``.
 """
@@ -156,6 +161,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--binomial-rounds", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -168,6 +174,14 @@ def main():
               a.batch, a.rounds, a.steps)
     time_case("Gaussian chain, 8 layers (no discrete)", ResidualChain(8), ResidualChain(8), 0.1, a.batch, a.rounds,
               a.steps)
+    from dgmkd.models import toy_chain as tc
+
+    if dgmkd.reparam.lookup(tc.QuantileBinomial(1, torch.tensor(0.5))).boundary is None:
+        dgmkd.reparam.register(tc.QuantileBinomial, tc._qbinom_noise, tc._qbinom_transform, law="standard_uniform",
+                               boundary=dgmkd.reparam.binomial_jump)
+    for v in (True, 1):
+        time_case("binomial chain L=20 (19 Binomial sites)", tc.BinomialTeacherChain(20), tc.BinomialStudentChain(20),
+                  0.0, a.batch, a.binomial_rounds, 2, variant=v)
     variance(a.batch, a.repeats)
     print(f"cost_ratio_hm={hm:.2f}")
 
