@@ -386,3 +386,26 @@ def test_target_between_discrete_layers_is_redrawn_where_the_teacher_changed(mon
     monkeypatch.setattr(discrete_grad, "_TeacherAtJump", KeepTargets)
     z, _ = zscores(mid_estimates(t, s, 3000), exact)
     assert z.abs().max() > Z
+
+
+def test_independent_wrapper_gives_the_same_estimate():
+    """Independent(Bernoulli) is the same variable set as Bernoulli: same noise, jumps, estimate."""
+    from torch.distributions import Independent
+
+    def make(wrap, a):
+        a = nn.Parameter(torch.tensor(a, dtype=DT))
+
+        def model(n):
+            d = Bernoulli(logits=a * torch.arange(1.0, 4.0, dtype=DT).expand(n, 3))
+            z = dgmkd.latent("z", Independent(d, 1) if wrap else d)
+            return dgmkd.target("y", Normal(z @ torch.tensor([1.0, -2.0, 3.0], dtype=DT), 1.0))
+        model.a = a
+        return model
+
+    grads = []
+    for wrap in (False, True):
+        t, s = make(wrap, 0.4), make(wrap, -0.3)
+        torch.manual_seed(0)
+        losses.unified(dgmkd.couple(t, s, 64, discrete_grad=True)).backward()
+        grads.append(s.a.grad)
+    assert grads[0] != 0 and torch.allclose(grads[0], grads[1])
