@@ -6,7 +6,7 @@ losses in :mod:`dgmkd.losses` (surrogate, latent, unified, local — Chen et al.
 small functions of the result; :func:`distill` is the one training loop.
 """
 
-from . import checkpoint, divergences, handlers, losses, maps, reparam
+from . import checkpoint, discrete_grad, divergences, handlers, losses, maps, reparam
 from .coupling import Coupling, SitePair, couple
 from .delta import Delta
 from .handlers import SiteMismatchError
@@ -23,6 +23,6 @@ __all__ = [
     "latent", "target", "deterministic", "couple", "Delta", "Coupling", "SitePair", "distill", "fit", "loop",
     "save", "load", "distill_flow",
     "train",
-    "losses", "divergences", "reparam", "maps", "handlers", "checkpoint",
+    "losses", "divergences", "reparam", "maps", "handlers", "checkpoint", "discrete_grad",
     "SiteMismatchError", "UnsupportedDistributionError", "NonFiniteLossError",
 ]

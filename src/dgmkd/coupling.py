@@ -77,6 +77,7 @@ class Coupling:
     student_trace: dict[str, dict] = field(default_factory=dict, repr=False)
     teacher_output: Any = field(default=None, repr=False)
     student_output: Any = field(default=None, repr=False)
+    probes: Any = field(default=None, repr=False)  # discrete_grad.Probes, or None
 
     def sites(self) -> dict[str, SitePair]:
         """All paired sites, in the teacher's execution order."""
@@ -99,7 +100,7 @@ def validation(flag: bool):
 
 def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_noise",
            validate_args: bool | None = None, teacher_grad: bool = False,
-           latent_maps: dict | None = None, **kwargs) -> Coupling:
+           latent_maps: dict | None = None, discrete_grad: bool | int = False, **kwargs) -> Coupling:
     """Run ``teacher`` and ``student`` on the same ``*args, **kwargs`` with coupled randomness.
 
     ``mode="shared_noise"`` — the unified method (Chen et al. 2023, Eq. 4–7): both models compute
@@ -129,9 +130,20 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
     dimensions than the teacher at those sites; its noise there is a fixed map of the teacher's
     (``dgmkd.maps.first(k)``, ``dgmkd.maps.orthonormal(k)``), so it is still a DGM of the shared
     noise and Prop. 3.1 holds. See :mod:`dgmkd.maps` for the latent loss at such a site.
+
+    ``discrete_grad=True`` (shared noise): the surrogate and latent losses computed from this
+    coupling also get an unbiased gradient for student parameters that act through discrete
+    latents, by boundary terms at the jumps of the quantile coupling (:mod:`dgmkd.discrete_grad`):
+    three extra forward passes without gradients per discrete latent site, made when the first
+    loss is computed. An int ``k`` probes only ``k`` discrete sites per call (drawn, reweighted):
+    cheaper, noisier. No extra work without discrete latents, or with ``mode="teacher_forced"``.
+    A discrete type registered without its jumps raises an error naming the site.
     """
     if mode not in ("shared_noise", "teacher_forced"):
         raise ValueError(f"unknown coupling mode {mode!r}; choose 'shared_noise' or 'teacher_forced'")
+    if latent_maps and discrete_grad not in (False, None):
+        raise ValueError("discrete_grad together with latent_maps is not supported: the boundary probes re-run "
+                         "both models on the teacher's full noise; use one or the other")
     if validate_args is None:
         validate_args = Distribution._validate_args
     with validation(validate_args):
@@ -143,10 +155,22 @@ def couple(teacher: Callable, student: Callable, *args, mode: str = "shared_nois
         with trace() as st, rp:
             s_out = student(*args, **kwargs)
     rp.check_complete()
-    c = Coupling(mode, teacher_trace=tt.sites, student_trace=st.sites, teacher_output=t_out, student_output=s_out)
+    c = _pair(mode, tt.sites, st.sites, t_out, s_out, latent_maps)
+    if discrete_grad is not False and discrete_grad is not None:
+        from .discrete_grad import Probes, discrete_sites, sites_per_step
+
+        k = sites_per_step(discrete_grad)
+        names = discrete_sites(c) if mode == "shared_noise" else []
+        if names:
+            c.probes = Probes(c, teacher, student, args, kwargs, names, k)
+    return c
+
+
+def _pair(mode: str, tsites: dict, ssites: dict, t_out, s_out, latent_maps: dict | None = None) -> Coupling:
+    """The :class:`Coupling` of two traces (the teacher's order)."""
+    c = Coupling(mode, teacher_trace=tsites, student_trace=ssites, teacher_output=t_out, student_output=s_out)
     groups = {"latent": c.latents, "target": c.targets, "deterministic": c.deterministics}
-    ssites = st.sites
-    for name, tm in tt.sites.items():
+    for name, tm in tsites.items():
         sm = ssites[name]
         lmap = latent_maps.get(name) if latent_maps else None
         if lmap is None:

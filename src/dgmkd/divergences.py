@@ -32,19 +32,39 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
 from torch.distributions import Binomial, Independent, MultivariateNormal, Normal, kl_divergence
 
-__all__ = ["get", "reduce", "kl", "reverse_kl", "w2", "l2", "l1", "NAMES"]
+__all__ = ["get", "reduce", "per_example", "kl", "reverse_kl", "w2", "l2", "l1", "NAMES"]
+
+
+_PER_EXAMPLE = False
 
 
 def reduce(d: torch.Tensor) -> torch.Tensor:
-    """Sum every dimension but the first, mean over the first (the batch)."""
+    """Sum every dimension but the first, mean over the first (the batch); inside
+    :func:`per_example`, the per-example sums (a vector over the batch) instead of their mean."""
     if d.dim() == 0:
         return d
+    if _PER_EXAMPLE:
+        return d.reshape(d.shape[0], -1).sum(1)
     return d.sum() / d.shape[0]  # = d.flatten(1).sum(1).mean(), in two operations instead of three
+
+
+@contextmanager
+def per_example():
+    """Within the block :func:`reduce` keeps the batch dimension, so a loss built from it is the
+    vector of per-example losses whose mean is the usual loss (:mod:`dgmkd.discrete_grad` needs
+    each example's loss to weight it by that example's jump)."""
+    global _PER_EXAMPLE
+    old, _PER_EXAMPLE = _PER_EXAMPLE, True
+    try:
+        yield
+    finally:
+        _PER_EXAMPLE = old
 
 
 def _is_point(x) -> bool:

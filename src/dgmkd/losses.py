@@ -95,7 +95,11 @@ def surrogate(c: Coupling, divergence: Divergence = "kl", sites: Iterable[str] |
     the divergence by T**2; with no latents and KL this is exactly their KD loss.
     """
     _need_mode(c, "shared_noise", "surrogate")
-    return _sum(_select(c.targets, sites), divergence, temperature)
+    sites = None if sites is None else list(sites)
+    loss = _sum(_select(c.targets, sites), divergence, temperature)
+    if c.probes is not None:  # discrete_grad=True: the gradient through discrete latents
+        loss = loss + c.probes.term(lambda cc: _sum(_select(cc.targets, sites), divergence, temperature))
+    return loss
 
 
 def latent(c: Coupling, divergence: Divergence = "kl", sites: Iterable[str] | None = None,
@@ -108,6 +112,14 @@ def latent(c: Coupling, divergence: Divergence = "kl", sites: Iterable[str] | No
     ``deterministic=False`` always leaves them out. ``sites`` restricts the sum to named sites.
     """
     _need_mode(c, "shared_noise", "latent")
+    sites = None if sites is None else list(sites)
+    loss = _latent(c, divergence, sites, deterministic)
+    if c.probes is not None:  # discrete_grad=True: the gradient through discrete latents
+        loss = loss + c.probes.term(lambda cc: _latent(cc, divergence, sites, deterministic))
+    return loss
+
+
+def _latent(c: Coupling, divergence, sites, deterministic) -> torch.Tensor:
     lat = c.latents if sites is None else {k: v for k, v in c.latents.items() if k in set(sites)}
     total = _sum(lat.values(), divergence)
     ddiv = _det_divergence(divergence, deterministic)

@@ -11,7 +11,12 @@ Each registered distribution type has
   is the inverse CDF, piecewise constant in the parameters (which is why the latent loss, Eq. 6,
   exists);
 * ``law``: a name for the law of ``eps`` (``"standard_normal"``, ``"standard_uniform"``, ...).
-  Teacher and student must use the same law at a site.
+  Teacher and student must use the same law at a site;
+* ``boundary`` (discrete families only, optional): ``boundary(dist) -> Jump``, one randomly chosen
+  jump of the quantile function per variable. ``dgmkd.couple(..., discrete_grad=True)`` needs it
+  to differentiate through the discrete latent (see :mod:`dgmkd.discrete_grad`): the expectation
+  over ``u`` of a loss of ``z = F^{-1}(u)`` is smooth in the parameters although each sample is
+  piecewise constant, and its derivative is a sum of terms at the jumps ``u = F(k)``.
 
 Built in: ``Normal`` (shared standard normal), ``MultivariateNormal``, ``LowRankMultivariateNormal``,
 ``Independent`` and ``TransformedDistribution`` (through their base distribution; this covers
@@ -27,6 +32,11 @@ reparameterization gradients for every parameter, the shapes included (Figurnov 
 ``G_k`` the Gamma(alpha_k, 1) quantile of coordinate k's shared uniform. The quantile coupling is
 monotone: a teacher and a student at one site move together, and equal parameters give equal
 values.
+
+Built-in jumps (:func:`bernoulli_jump`, :func:`categorical_jump`, :func:`one_hot_jump`,
+:func:`binomial_jump`, :func:`poisson_jump`, :func:`geometric_jump`) draw the jump between ``k``
+and ``k + 1`` with probability ``q(k)`` proportional to ``P(k) + P(k + 1)`` (the mass next to
+it) and weight it by ``1 / q(k)``; a Bernoulli has a single jump, at ``u = 1 - p``.
 
 Example — registering a user type:
     >>> import torch
@@ -44,7 +54,7 @@ Example — registering a user type:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch.distributions import (
@@ -66,11 +76,33 @@ from torch.distributions import (
     TransformedDistribution,
 )
 
-__all__ = ["register", "lookup", "noise", "transform", "noise_law", "Reparameterizer", "UnsupportedDistributionError"]
+__all__ = ["register", "lookup", "noise", "transform", "noise_law", "Reparameterizer", "UnsupportedDistributionError",
+           "Jump", "is_discrete", "bernoulli_jump", "categorical_jump", "one_hot_jump", "binomial_jump",
+           "poisson_jump", "geometric_jump"]
 
 
 class UnsupportedDistributionError(TypeError):
     """Raised for a latent whose distribution type has no reparameterizer."""
+
+
+class Jump(NamedTuple):
+    """One jump of a discrete variable's map ``z = g(params, eps)`` per variable (shapes: the noise's,
+    except ``lower`` / ``upper``, which have the value's shape).
+
+    ``noise``: the noise value at the jump (for a uniform ``u``: ``F(k)``), detached;
+    ``position``: ``P(eps < noise)`` as a differentiable function of the distribution's parameters
+    (for a uniform, ``F(k)`` itself; only its gradient is used); ``lower`` / ``upper``: the values
+    of the variable just below and at the jump (``k`` and ``k + 1``); ``weight``: ``1 / q`` with
+    ``q`` the probability with which this jump was drawn among the variable's jumps, ``0`` where
+    the draw fell on no jump. Then ``sum over jumps of (f(k) - f(k+1)) dF(k)/dtheta`` is estimated
+    without bias by ``weight * (f(lower) - f(upper)) * dposition/dtheta``.
+    """
+
+    noise: torch.Tensor
+    position: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    weight: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -78,25 +110,32 @@ class Reparameterizer:
     noise_fn: Callable[[Distribution], torch.Tensor]
     transform_fn: Callable[[Distribution, torch.Tensor], torch.Tensor]
     law: str
+    boundary: Callable[[Distribution], Jump] | None = None
 
 
 _REGISTRY: dict[type, Reparameterizer] = {}
 _RESOLVED: dict[type, Reparameterizer | None] = {}
 
 
-def register(dist_type: type, noise_fn: Callable, transform_fn: Callable, law: str | None = None) -> None:
+def register(dist_type: type, noise_fn: Callable, transform_fn: Callable, law: str | None = None,
+             boundary: Callable[[Distribution], Jump] | None = None) -> None:
     """Register the semi-auxiliary form of ``dist_type`` (and of its subclasses that have no
     registration of their own).
 
     ``noise_fn(dist)`` must return a tensor whose shape depends only on the distribution's type and
     shapes; ``transform_fn(dist, eps)`` must map it to a sample of ``dist``. ``law`` names the law
     of the noise (defaults to ``dist_type.__name__``); teacher and student must agree on it.
+    ``boundary(dist) -> Jump`` (discrete types): one random jump of the quantile function per
+    variable, which ``discrete_grad=True`` needs; a type with the uniform inverse-CDF form of a
+    built-in family can reuse its function, e.g. ``boundary=dgmkd.reparam.binomial_jump``.
     """
     if not isinstance(dist_type, type):
         raise TypeError(f"register() needs a distribution class, got {dist_type!r}")
     if not callable(noise_fn) or not callable(transform_fn):
         raise TypeError("register() needs callables noise_fn(dist) and transform_fn(dist, eps)")
-    _REGISTRY[dist_type] = Reparameterizer(noise_fn, transform_fn, law or dist_type.__name__)
+    if boundary is not None and not callable(boundary):
+        raise TypeError("register(): boundary must be a callable boundary(dist) -> Jump")
+    _REGISTRY[dist_type] = Reparameterizer(noise_fn, transform_fn, law or dist_type.__name__, boundary)
     _RESOLVED.clear()
 
 
@@ -145,6 +184,14 @@ def noise_law(dist: Distribution) -> str:
         dist = dist.base_dist
         r = lookup(dist)
     return r.law
+
+
+def is_discrete(dist: Distribution) -> bool:
+    """Whether ``dist``'s support is discrete (``False`` when the type does not declare a support)."""
+    try:
+        return bool(dist.support.is_discrete)
+    except NotImplementedError:
+        return False
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -273,6 +320,104 @@ def _geometric(d: Geometric, u):
     p = d.probs
     k = torch.floor(torch.log1p(-u) / torch.log1p(-p).clamp(max=-torch.finfo(p.dtype).tiny))
     return torch.where(p >= 1, torch.zeros_like(k), k.clamp(min=0))
+
+
+# ----------------------------------------------------------------------------- jumps (discrete_grad)
+def bernoulli_jump(d: Bernoulli) -> Jump:
+    """The single jump of ``z = 1[u >= 1 - p]``: at ``u = 1 - p``, from 0 to 1."""
+    pos = 1 - d.probs
+    one = torch.ones_like(pos)
+    return Jump(pos.detach(), pos, torch.zeros_like(pos), one, one.detach())
+
+
+def _category_jump(probs: torch.Tensor):
+    """``(k, F(k), 1/q(k))``: jump ``k -> k + 1`` drawn with ``q(k)`` proportional to ``P(k) + P(k+1)``."""
+    K = probs.shape[-1]
+    cdf = probs.cumsum(-1)
+    if K < 2:
+        zero = torch.zeros(probs.shape[:-1], dtype=torch.long, device=probs.device)
+        return zero, cdf[..., 0], torch.zeros_like(cdf[..., 0]).detach()
+    p = probs.detach()
+    q = p[..., :-1] + p[..., 1:]
+    q = q / q.sum(-1, keepdim=True)
+    v = torch.rand(q.shape[:-1], dtype=q.dtype, device=q.device)
+    k = (q.cumsum(-1) <= v.unsqueeze(-1)).sum(-1).clamp_(max=K - 2)
+    qk = q.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+    w = torch.where(qk > 0, 1 / qk.clamp(min=torch.finfo(qk.dtype).tiny), torch.zeros_like(qk))
+    return k, cdf.gather(-1, k.unsqueeze(-1)).squeeze(-1), w
+
+
+def categorical_jump(d: Categorical) -> Jump:
+    """One of the ``K - 1`` jumps of the index quantile ``z = #{k: F(k) <= u}`` (``k -> k + 1`` at ``u = F(k)``)."""
+    k, pos, w = _category_jump(d.probs)
+    return Jump(pos.detach().clamp(0, 1), pos, k, k + 1, w)
+
+
+def one_hot_jump(d: OneHotCategorical) -> Jump:
+    """:func:`categorical_jump` with one-hot values."""
+    k, pos, w = _category_jump(d.probs)
+    K = d.probs.shape[-1]
+    oh = lambda i: torch.nn.functional.one_hot(i.clamp(max=K - 1), K).to(d.probs.dtype)  # noqa: E731
+    return Jump(pos.detach().clamp(0, 1), pos, oh(k), oh(k + 1), w)
+
+
+def _integer_jump(m: torch.Tensor, pmf: Callable, upper: torch.Tensor | None):
+    """Jump ``k -> k + 1`` with ``k = m`` or ``m - 1`` (a fair coin), ``m`` a sample of the variable:
+    drawn with probability ``q(k) = (P(k) + P(k+1)) / 2``; weight ``1/q(k)``, 0 if ``k`` is no jump."""
+    k = m - (torch.rand_like(m) < 0.5).to(m.dtype)
+    valid = k >= 0
+    if upper is not None:
+        valid &= k <= upper - 1
+    k = torch.where(valid, k, torch.zeros_like(k))
+    q = 0.5 * (pmf(k) + pmf(k + 1))
+    w = torch.where(valid & (q > 0), 1 / q.clamp(min=torch.finfo(q.dtype).tiny), torch.zeros_like(q))
+    return k, w
+
+
+def _binom_logpmf(k, n, p):
+    return (torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma((n - k).clamp(min=0) + 1)
+            + torch.xlogy(k, p) + torch.xlogy(n - k, 1 - p))
+
+
+def _with_gradient(value: torch.Tensor, slope: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``value`` (a number) carrying the gradient ``slope * dparam`` (for CDFs torch cannot differentiate)."""
+    return value.detach() + slope.detach() * (param - param.detach())
+
+
+def binomial_jump(d: Binomial) -> Jump:
+    """A jump of the Binomial quantile: ``F(k) = P(X <= k)``, ``dF(k)/dp = -n P_{n-1, p}(k)``."""
+    from scipy.stats import binom
+
+    p = d.probs
+    n = d.total_count.expand_as(p).to(p.dtype)
+    pd = p.detach()
+    m = _binomial(d, torch.rand_like(pd))
+    k, w = _integer_jump(m, lambda j: _binom_logpmf(j, n, pd).exp(), n)
+    F = torch.from_numpy(binom.cdf(k.cpu().double().numpy(), n.cpu().double().numpy(), pd.cpu().double().numpy()))
+    F = F.to(p.dtype).to(p.device)
+    slope = -n * _binom_logpmf(k, (n - 1).clamp(min=0), pd).exp()
+    pos = _with_gradient(F, slope, p)
+    return Jump(F.clamp(0, 1), pos, k, k + 1, w)
+
+
+def poisson_jump(d: Poisson) -> Jump:
+    """A jump of the Poisson quantile: ``F(k) = Q(k + 1, rate)``, ``dF(k)/drate = -P(k)``."""
+    r = d.rate
+    rd = r.detach()
+    pmf = lambda j: (torch.xlogy(j, rd) - rd - torch.lgamma(j + 1)).exp()  # noqa: E731
+    k, w = _integer_jump(_poisson(d, torch.rand_like(rd)), pmf, None)
+    F = torch.special.gammaincc(k + 1, rd)
+    return Jump(F.clamp(0, 1), _with_gradient(F, -pmf(k), r), k, k + 1, w)
+
+
+def geometric_jump(d: Geometric) -> Jump:
+    """A jump of the Geometric quantile (failures before the first success): ``F(k) = 1 - (1-p)^(k+1)``."""
+    p = d.probs
+    pd = p.detach()
+    pmf = lambda j: pd * (1 - pd) ** j  # noqa: E731
+    k, w = _integer_jump(_geometric(d, torch.rand_like(pd)), pmf, None)
+    pos = 1 - (1 - p) ** (k + 1)
+    return Jump(pos.detach().clamp(0, 1), pos, k, k + 1, w)
 
 
 def _icdf(d: Distribution, u):
@@ -428,12 +573,12 @@ _ICDF = Reparameterizer(_uniform_noise_full, _icdf, "standard_uniform")
 register(Normal, _normal_noise_full, _normal, law="standard_normal")
 register(MultivariateNormal, _mvn_noise, _mvn, law="standard_normal")
 register(LowRankMultivariateNormal, _lowrank_noise, _lowrank, law="standard_normal")
-register(Bernoulli, _uniform_noise_batch, _bernoulli, law="standard_uniform")
-register(Categorical, _uniform_noise_batch, _categorical, law="standard_uniform")
-register(OneHotCategorical, _uniform_noise_batch, _one_hot, law="standard_uniform")
-register(Binomial, _uniform_noise_batch, _binomial, law="standard_uniform")
-register(Poisson, _uniform_noise_batch, _poisson, law="standard_uniform")
-register(Geometric, _uniform_noise_batch, _geometric, law="standard_uniform")
+register(Bernoulli, _uniform_noise_batch, _bernoulli, law="standard_uniform", boundary=bernoulli_jump)
+register(Categorical, _uniform_noise_batch, _categorical, law="standard_uniform", boundary=categorical_jump)
+register(OneHotCategorical, _uniform_noise_batch, _one_hot, law="standard_uniform", boundary=one_hot_jump)
+register(Binomial, _uniform_noise_batch, _binomial, law="standard_uniform", boundary=binomial_jump)
+register(Poisson, _uniform_noise_batch, _poisson, law="standard_uniform", boundary=poisson_jump)
+register(Geometric, _uniform_noise_batch, _geometric, law="standard_uniform", boundary=geometric_jump)
 register(Gamma, _gamma_noise, _gamma, law="standard_uniform")  # and Chi2, a Gamma subclass
 register(Beta, _beta_noise, _beta, law="standard_uniform")
 register(Dirichlet, _dirichlet_noise, _dirichlet, law="standard_uniform")

@@ -620,15 +620,15 @@ class _Objective(torch.nn.Module):
     checks it.
     """
 
-    def __init__(self, teacher, student, mode, loss_fn, latent_maps=None):
+    def __init__(self, teacher, student, mode, loss_fn, latent_maps=None, discrete_grad=False):
         super().__init__()
         self.student = student
         self.__dict__["teacher"] = teacher  # not a submodule
-        self.mode, self.loss_fn, self.latent_maps = mode, loss_fn, latent_maps
+        self.mode, self.loss_fn, self.latent_maps, self.discrete_grad = mode, loss_fn, latent_maps, discrete_grad
 
     def forward(self, *args, validate_args=None):
         c = couple(self.teacher, self.student, *args, mode=self.mode, validate_args=validate_args,
-                   latent_maps=self.latent_maps)
+                   latent_maps=self.latent_maps, discrete_grad=self.discrete_grad)
         self.__dict__["last"] = c  # kept (outside the module tree) to name the sites of a non-finite loss
         return self.loss_fn(c)
 
@@ -669,7 +669,8 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
             grad_clip: float | None = None, checkpoint: str | os.PathLike | None = None,
             checkpoint_every: int = 100, resume: bool = True, seed: int | None = 0, device=None,
             progress: bool = True, callback: Callable[[int, dict], None] | None = None,
-            find_unused_parameters: bool | None = None, log=None, latent_maps: dict | None = None) -> dict[str, list]:
+            find_unused_parameters: bool | None = None, log=None, latent_maps: dict | None = None,
+            discrete_grad: bool | int = False) -> dict[str, list]:
     """Distill ``teacher`` into ``student``; returns the loss history.
 
     ``method``:
@@ -692,6 +693,11 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     :func:`loop`).
 
     ``latent_maps``: a student with fewer latent dimensions at some sites (see :mod:`dgmkd.maps`).
+
+    ``discrete_grad=True``: the shared-noise losses also reach student parameters that act through
+    discrete latents (:mod:`dgmkd.discrete_grad`; three extra passes without gradients per discrete
+    latent site and step, or for ``k`` sites drawn per step with an int ``k``; no extra work without
+    discrete latents or with ``method="local"``).
     """
     if isinstance(method, str) and method not in ("unified", "local"):
         raise ValueError(f"unknown method {method!r}; choose 'unified', 'local' or pass loss(coupling)")
@@ -720,7 +726,7 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
             return losses.local(c, divergence, deterministic)
         return method(c)
 
-    objective = _Objective(teacher, student, mode, loss_fn, latent_maps)
+    objective = _Objective(teacher, student, mode, loss_fn, latent_maps, discrete_grad)
     distributed = ddp.active()
     runner = None if distributed else objective  # DistributedDataParallel, made at the first step
     first_step = True  # of this call (after a resume too): validate arguments, make the DDP wrapper
@@ -748,6 +754,7 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
                callback=callback, sync_gradients=False, data_parallel=distributed, explain=explain, log=log,
                fingerprint={"method": method, "latent_weight": latent_weight, "divergence": divergence,
                             "latent_divergence": latent_divergence, "deterministic": deterministic,
+                            **({"discrete_grad": discrete_grad} if discrete_grad else {}),
                             "teacher": weights_hash(teacher),
                             "teacher_shapes": module_fingerprint(teacher) if isinstance(teacher, torch.nn.Module)
                             else None,
