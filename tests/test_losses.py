@@ -216,3 +216,24 @@ def test_shape_mismatch_at_a_deterministic_site_is_named():
     c = dgmkd.couple(F(4), F(1), torch.randn(5, 3))  # (5, 1) would broadcast against (5, 4)
     with pytest.raises(dgmkd.SiteMismatchError, match="'h': shape \\(5, 4\\) in the teacher but \\(5, 1\\).*adapter"):
         losses.latent(c, "l2")
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, 2.5, "balanced"])
+def test_hybrid_is_local_plus_unified_and_balanced_is_the_gradient_of_the_log_sum(weight):
+    from dgmkd.models import MLPDGM
+
+    torch.manual_seed(0)
+    t, s = MLPDGM((2, 2), hidden=16), MLPDGM((2, 2), hidden=4)
+    shared, forced = dgmkd.couple(t, s, 64), dgmkd.couple(t, s, 64, mode="teacher_forced")
+    loc, uni = losses.local(forced), losses.unified(shared, 0.1)
+    h = losses.hybrid(shared, forced, local_weight=weight, latent_weight=0.1)
+    w = 1.0 if weight == "balanced" else weight
+    assert float(h) == pytest.approx(float(w * loc + uni), rel=1e-6)  # the value: nats, as reported
+    want = torch.log(loc) + torch.log(uni) if weight == "balanced" else w * loc + uni
+    params = list(s.parameters())
+    g = torch.autograd.grad(h, params, retain_graph=True)
+    g_want = torch.autograd.grad(want, params)
+    for a, b in zip(g, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="local_weight"):
+        losses.hybrid(shared, forced, local_weight="heavy")

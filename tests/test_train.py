@@ -25,7 +25,7 @@ def _params(m):
     return torch.cat([p.detach().flatten() for p in m.parameters()])
 
 
-@pytest.mark.parametrize("method", ["unified", "local"])
+@pytest.mark.parametrize("method", ["unified", "local", "hybrid", "default"])
 def test_distill_lowers_the_loss(method):
     t, s = models()
     h = dgmkd.distill(t, s, 64, method=method, steps=150, lr=1e-2, progress=False)
@@ -142,6 +142,54 @@ def test_unknown_method_is_named():
         dgmkd.distill(t, s, 8, method="fancy", steps=1, progress=False)
 
 
+def test_no_method_runs_the_default_hybrid_objective():
+    """Without ``method``, distill runs ``DEFAULT``: the hybrid loss ``w * local + unified`` on a
+    shared-noise coupling drawn first and a teacher-forced one drawn after it."""
+    from dgmkd.train import DEFAULT
+
+    def first_loss(**kw):
+        t, s = models()
+        return dgmkd.distill(t, s, 64, steps=1, lr=1e-2, progress=False, **kw)["loss"][0]
+
+    assert DEFAULT["method"] == "hybrid"
+    assert first_loss() == first_loss(method="hybrid", local_weight=DEFAULT["local_weight"])
+    # the shared-noise coupling comes first, so with no local term the first loss is unified's
+    assert first_loss(method="hybrid", local_weight=0.0) == pytest.approx(first_loss(method="unified"), rel=1e-6)
+    # and the local term enters linearly with its weight (the same draws at every weight)
+    l0, l1, l3 = (first_loss(method="hybrid", local_weight=w) for w in (0.0, 1.0, 3.0))
+    assert l1 > l0 and l3 - l0 == pytest.approx(3 * (l1 - l0), rel=1e-5)
+    with pytest.raises(ValueError, match="local_weight"):
+        first_loss(method="hybrid", local_weight=-1.0)
+
+
+def test_the_default_goes_on_without_discrete_grad_for_a_type_without_jumps():
+    from torch.distributions import Bernoulli, Independent
+
+    class Coin(Bernoulli):  # a user's discrete type, registered without its jumps
+        pass
+
+    dgmkd.reparam.register(Coin, lambda d: torch.rand(d.batch_shape), lambda d, u: (u >= 1 - d.probs).float(),
+                           law="standard_uniform")
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.zeros(2))
+            self.f = nn.Linear(2, 1)
+
+        def forward(self, n):
+            z = dgmkd.latent("z", Independent(Coin(logits=self.a.expand(n, 2)), 1))
+            return dgmkd.target("y", Normal(self.f(z), 1.0))
+
+    torch.manual_seed(0)
+    t, s = M(), M()
+    with pytest.warns(RuntimeWarning, match="without discrete_grad"):
+        h = dgmkd.distill(t, s, 16, steps=3, progress=False)
+    assert len(h["loss"]) == 3
+    with pytest.raises(TypeError, match="jumps"):  # asked for explicitly: the error names what to register
+        dgmkd.distill(t, s, 16, steps=1, progress=False, discrete_grad=True)
+
+
 def test_device_argument_moves_models_and_inputs():
     t, s = models()
     h = dgmkd.distill(t, s, 8, steps=2, device="cpu", progress=False)
@@ -152,14 +200,15 @@ def test_device_argument_moves_models_and_inputs():
 def test_fit_minimizes_and_resumes_exactly(tmp_path):
     from dgmkd.train import fit, minibatches
 
-    x = torch.randn(200, 3)
-    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(200)
+    g = torch.Generator().manual_seed(0)  # the data do not depend on what ran before
+    x = torch.randn(200, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(200, generator=g)
 
     def run(steps, path):
         torch.manual_seed(0)
         lin = torch.nn.Linear(3, 1)
         h = fit(lambda a, s: ((lin(a[0]).squeeze(-1) - a[1]) ** 2).mean(), lin, minibatches(x, y, batch=16),
-                steps, lr=0.05, checkpoint=path, checkpoint_every=7, progress=False, seed=3)
+                steps, lr=0.2, checkpoint=path, checkpoint_every=7, progress=False, seed=3)
         return lin, h
 
     full, hf = run(40, None)

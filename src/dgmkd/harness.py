@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["SPREAD", "seed", "manual_seed", "generator", "sweep", "summarize", "fmt", "table", "image_grid",
+__all__ = ["SPREAD", "DISTILL_METHODS", "distill_method", "seed", "manual_seed", "generator", "sweep", "summarize", "fmt", "table", "image_grid",
            "write_csv", "write_json", "write_text", "read_csv", "read_json", "load_config", "ReportDataError",
            "save_figure", "pyplot", "cell", "save_models"]
 
@@ -59,6 +59,39 @@ class ReportDataError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------- seeds
+DISTILL_METHODS = ("default", "unified", "unified-l<weight>", "unified-kl", "local")
+
+
+def distill_method(name: str, latent_weight: float = 0.1, latent_divergence: str | None = None) -> dict:
+    """The :func:`dgmkd.distill` arguments of an experiment's method name, the one vocabulary of
+    every experiment's rows: ``"unified"`` (Eq. 7 of Chen et al. 2023 with the experiment's latent
+    weight and divergence: the paper's setting), ``"unified-l0"`` (the surrogate of Eq. 4 alone),
+    ``"unified-kl"`` (a KL latent term), ``"local"`` and ``"default"`` (what
+    ``dgmkd.distill`` does when no method is given, with its own settings).
+
+    >>> distill_method("unified-l0", 0.5)
+    {'method': 'unified', 'latent_weight': 0.0}
+    """
+    if name == "default":
+        return {"method": "default"}
+    if name == "local":
+        return {"method": "local"}
+    if name == "unified":
+        return {"method": "unified", "latent_weight": latent_weight,
+                **({"latent_divergence": latent_divergence} if latent_divergence else {})}
+    if name.startswith("unified-l"):
+        try:
+            w = float(name[len("unified-l"):])
+        except ValueError:
+            w = -1.0
+        if not 0 <= w < float("inf"):
+            raise ValueError(f"method {name!r}: write unified-l<weight> with a latent weight >= 0, e.g. unified-l0.1")
+        return {"method": "unified", "latent_weight": w, **({"latent_divergence": "kl"} if w else {})}
+    if name == "unified-kl":
+        return {"method": "unified", "latent_weight": latent_weight, "latent_divergence": "kl"}
+    raise ValueError(f"unknown distillation method {name!r}; choose from {', '.join(DISTILL_METHODS)}")
+
+
 def seed(*names: Any) -> int:
     """The seed of the stream named ``names`` (ints, strings, floats): a stable 31-bit hash.
 

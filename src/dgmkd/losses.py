@@ -38,7 +38,7 @@ from . import divergences as D
 from .coupling import Coupling, SitePair
 from .handlers import SiteMismatchError
 
-__all__ = ["surrogate", "latent", "unified", "local"]
+__all__ = ["surrogate", "latent", "unified", "local", "hybrid"]
 
 Divergence = str | Callable
 
@@ -152,6 +152,51 @@ def local(c: Coupling, divergence: Divergence = "kl", deterministic: Divergence 
     if ddiv is not None and c.deterministics:
         total = total + _sum(c.deterministics.values(), ddiv)
     return total
+
+
+def hybrid(shared: Coupling, forced: Coupling, local_weight: float | str = "balanced", latent_weight: float = 0.1,
+           divergence: Divergence = "kl", latent_divergence: Divergence | None = None,
+           deterministic: Divergence | bool | None = None, power: float = 1.0) -> torch.Tensor:
+    """The library's default objective: local distillation and the unified loss together.
+
+    Two couplings of the same models on independent draws: ``shared`` in shared-noise mode (the
+    unified loss of Eq. 7, Chen et al. 2023) and ``forced`` in teacher-forced mode (local
+    distillation). Both terms vanish at a student equal to the teacher, and each bounds the target
+    marginal's KL from above (Eq. 4 by the joint convexity of KL; the local loss is the KL between
+    the two joints). They fail in different regimes: the surrogate follows the teacher's *path*
+    under shared noise, a far looser bound on a deep chain that amplifies small differences (its
+    gradient then pulls a student that could copy every conditional away from doing so), while
+    local distillation cannot see the error a narrow student accumulates along its own path.
+
+    ``local_weight`` a number: ``local_weight * local + unified``. ``"balanced"`` (the default):
+    each term is divided by its own current value (detached), so the gradient is that of
+    ``log(local) + log(unified)``: each bound counts by its *relative* improvement, and whichever is
+    already small (the local loss of a student that can copy the teacher's conditionals) is not
+    traded away for a large, loose one. The value returned is still ``local + unified``, so
+    histories stay in nats; only the gradient is balanced. ``power`` p generalizes the scaling to
+    ``term / value**p``: p = 1 is the log-sum above; a larger p leans harder on whichever bound is
+    already tighter (p -> inf minimizes the smaller of the two). ``docs/regimes.md`` measures them.
+
+    Example:
+        >>> import torch, dgmkd
+        >>> from torch.distributions import Normal
+        >>> def model(n, m=0.0):
+        ...     z = dgmkd.latent("z", Normal(torch.full((n, 1), m), 1.0))
+        ...     return dgmkd.target("y", Normal(z, 0.5))
+        >>> t, s = dgmkd.couple(model, model, 8), dgmkd.couple(model, model, 8, mode="teacher_forced")
+        >>> float(hybrid(t, s, local_weight=1.0))  # the same model: both terms are zero
+        0.0
+    """
+    _need_mode(forced, "teacher_forced", "hybrid (its second coupling)")
+    loc = local(forced, divergence, deterministic)
+    uni = unified(shared, latent_weight, divergence, latent_divergence, deterministic)
+    if local_weight == "balanced":
+        value = (loc + uni).detach()
+        scaled = loc / loc.detach().abs().clamp_min(1e-8) ** power + uni / uni.detach().abs().clamp_min(1e-8) ** power
+        return value + scaled - scaled.detach()
+    if isinstance(local_weight, str) or not 0 <= local_weight < float("inf"):
+        raise ValueError(f"local_weight={local_weight!r}: a finite number >= 0 or 'balanced'")
+    return local_weight * loc + uni
 
 
 def _need_mode(c: Coupling, mode: str, loss: str):

@@ -40,6 +40,7 @@ from . import checkpoint as ckpt
 from . import distributed as ddp
 from . import losses
 from .coupling import couple
+from .discrete_grad import MissingJumpError
 
 __all__ = ["loop", "fit", "set_default_device", "distill", "minibatches", "NonFiniteLossError", "DivergenceWarning", "make_inputs"]
 
@@ -620,16 +621,31 @@ class _Objective(torch.nn.Module):
     checks it.
     """
 
-    def __init__(self, teacher, student, mode, loss_fn, latent_maps=None, discrete_grad=False):
+    def __init__(self, teacher, student, mode, loss_fn, latent_maps=None, discrete_grad=False,
+                 optional_discrete_grad=False):
         super().__init__()
+        self.optional_discrete_grad = optional_discrete_grad
         self.student = student
         self.__dict__["teacher"] = teacher  # not a submodule
         self.mode, self.loss_fn, self.latent_maps, self.discrete_grad = mode, loss_fn, latent_maps, discrete_grad
 
     def forward(self, *args, validate_args=None):
-        c = couple(self.teacher, self.student, *args, mode=self.mode, validate_args=validate_args,
-                   latent_maps=self.latent_maps, discrete_grad=self.discrete_grad)
+        mode = "shared_noise" if self.mode == "hybrid" else self.mode
+        try:
+            c = couple(self.teacher, self.student, *args, mode=mode, validate_args=validate_args,
+                       latent_maps=self.latent_maps, discrete_grad=self.discrete_grad)
+        except MissingJumpError as e:
+            if not self.optional_discrete_grad:
+                raise
+            # the default asked for it; a user type without registered jumps trains without it
+            warnings.warn(f"{e} -- the default method goes on without discrete_grad", RuntimeWarning, stacklevel=2)
+            self.discrete_grad = False
+            c = couple(self.teacher, self.student, *args, mode=mode, validate_args=validate_args,
+                       latent_maps=self.latent_maps)
         self.__dict__["last"] = c  # kept (outside the module tree) to name the sites of a non-finite loss
+        if self.mode == "hybrid":  # and a teacher-forced coupling on its own draw
+            c = (c, couple(self.teacher, self.student, *args, mode="teacher_forced", validate_args=validate_args,
+                           latent_maps=self.latent_maps))
         return self.loss_fn(c)
 
 
@@ -662,7 +678,13 @@ def _clip(params, grad_clip):
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
 
 
-def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | Callable = "unified",
+METHODS = ("default", "hybrid", "unified", "local")
+# What ``method="default"`` runs (measured in docs/regimes.md): the hybrid objective with these
+# settings; ``discrete_grad`` only acts where the models have discrete latents.
+DEFAULT = {"method": "hybrid", "local_weight": "balanced", "power": 2.0, "grad_clip": 1.0, "discrete_grad": 1}
+
+
+def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | Callable = "default",
             steps: int = 1000, *, lr: float = 1e-3, optimizer: torch.optim.Optimizer | None = None,
             latent_weight: float = 0.1, divergence: str | Callable = "kl",
             latent_divergence: str | Callable | None = None, deterministic=None,
@@ -670,10 +692,16 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
             checkpoint_every: int = 100, resume: bool = True, seed: int | None = 0, device=None,
             progress: bool = True, callback: Callable[[int, dict], None] | None = None,
             find_unused_parameters: bool | None = None, log=None, latent_maps: dict | None = None,
-            discrete_grad: bool | int = False) -> dict[str, list]:
+            discrete_grad: bool | int | None = None, local_weight: float | str | None = None) -> dict[str, list]:
     """Distill ``teacher`` into ``student``; returns the loss history.
 
     ``method``:
+        ``"default"`` (what you get without choosing) — the hybrid objective below with the
+        settings in :data:`DEFAULT`, chosen on the regime benchmark (``dgmkd run regimes``) as the
+        method closest to the best one across deep and shallow, narrow and wide, continuous and
+        discrete models;
+        ``"hybrid"`` — :func:`dgmkd.losses.hybrid`: ``local_weight * local + unified`` on two
+        couplings per step (so about twice unified's cost);
         ``"unified"`` — Eq. (7) of Chen et al. 2023 on a shared-noise coupling:
         ``surrogate(divergence) + latent_weight * latent(latent_divergence or divergence)``;
         ``"local"`` — local distillation on a teacher-forced coupling; or a callable
@@ -697,10 +725,26 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     ``discrete_grad=True``: the shared-noise losses also reach student parameters that act through
     discrete latents (:mod:`dgmkd.discrete_grad`; three extra passes without gradients per discrete
     latent site and step, or for ``k`` sites drawn per step with an int ``k``; no extra work without
-    discrete latents or with ``method="local"``).
+    discrete latents or with ``method="local"``). ``None``: the method's own setting (off, but on
+    for ``"default"``, see :data:`DEFAULT`). ``local_weight``: the hybrid objective's weight of the
+    local term (``None``: 1, or the default's).
     """
-    if isinstance(method, str) and method not in ("unified", "local"):
-        raise ValueError(f"unknown method {method!r}; choose 'unified', 'local' or pass loss(coupling)")
+    if isinstance(method, str) and method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} or pass loss(coupling)")
+    optional_dg = method == "default" and discrete_grad is None
+    balance_power = DEFAULT.get("power", 1.0) if method == "default" else 1.0
+    if method == "default" and grad_clip is None and optimizer is None:
+        grad_clip = DEFAULT.get("grad_clip")
+    if method == "default":
+        method = DEFAULT["method"]
+        discrete_grad = DEFAULT["discrete_grad"] if discrete_grad is None else discrete_grad
+    if latent_maps and optional_dg:
+        discrete_grad = False  # not supported together (see couple)
+        local_weight = DEFAULT["local_weight"] if local_weight is None else local_weight
+    discrete_grad = False if discrete_grad is None else discrete_grad
+    local_weight = "balanced" if local_weight is None else local_weight
+    if local_weight != "balanced" and (isinstance(local_weight, str) or not 0 <= local_weight < math.inf):
+        raise ValueError(f"local_weight={local_weight!r}: a finite number >= 0 or 'balanced'")
     if not isinstance(student, torch.nn.Module):
         raise TypeError(f"the student must be an nn.Module (its parameters are trained), got {type(student).__name__}; "
                         "for a Pyro model pass the module or a bound method of it to dgmkd.pyro.model")
@@ -717,16 +761,20 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     params = [p for p in student.parameters() if p.requires_grad]
     if not params and optimizer is None:
         raise ValueError("the student has no trainable parameters")
-    mode = "teacher_forced" if method == "local" else "shared_noise"
+    mode = {"local": "teacher_forced", "hybrid": "hybrid"}.get(method, "shared_noise") if isinstance(method, str) \
+        else "shared_noise"
 
     def loss_fn(c):
         if method == "unified":
             return losses.unified(c, latent_weight, divergence, latent_divergence, deterministic)
         if method == "local":
             return losses.local(c, divergence, deterministic)
+        if method == "hybrid":
+            return losses.hybrid(c[0], c[1], local_weight, latent_weight, divergence, latent_divergence, deterministic,
+                                 power=balance_power)
         return method(c)
 
-    objective = _Objective(teacher, student, mode, loss_fn, latent_maps, discrete_grad)
+    objective = _Objective(teacher, student, mode, loss_fn, latent_maps, discrete_grad, optional_dg)
     distributed = ddp.active()
     runner = None if distributed else objective  # DistributedDataParallel, made at the first step
     first_step = True  # of this call (after a resume too): validate arguments, make the DDP wrapper
@@ -755,6 +803,8 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
                fingerprint={"method": method, "latent_weight": latent_weight, "divergence": divergence,
                             "latent_divergence": latent_divergence, "deterministic": deterministic,
                             **({"discrete_grad": discrete_grad} if discrete_grad else {}),
+                            **({"local_weight": local_weight} if method == "hybrid" else {}),
+                            **({"power": balance_power} if balance_power != 1.0 else {}),
                             "teacher": weights_hash(teacher),
                             "teacher_shapes": module_fingerprint(teacher) if isinstance(teacher, torch.nn.Module)
                             else None,

@@ -32,6 +32,7 @@ EXPERIMENTS: dict[str, str] = {
     "flow-kd": "dgmkd.experiments.flow_kd",
     "avkd": "dgmkd.experiments.avkd",
     "continual": "dgmkd.experiments.continual",
+    "regimes": "dgmkd.experiments.regimes",
 }
 
 

@@ -32,11 +32,19 @@ class Config:
     latent_weight: float = 0.1
     eval_samples: int = 2000
     seed: int = 0
+    methods: tuple[str, ...] = ("unified", "local", "default")
     progress: bool = True
 
     def validate(self) -> None:
+        if not self.methods:
+            raise ConfigError("methods=(): need at least one method")
+        for m in self.methods:
+            try:
+                harness.distill_method(m)
+            except ValueError as e:
+                raise ConfigError(f"methods={self.methods!r}: {e}") from None
         for key, value in vars(self).items():
-            if key not in ("seed", "progress") and not (value >= 0 if key == "latent_weight" else value > 0):
+            if key not in ("seed", "progress", "methods") and not (value >= 0 if key == "latent_weight" else value > 0):
                 raise ConfigError(f"{key}={value!r}: must be {'>= 0' if key == 'latent_weight' else 'positive'}")
 
 
@@ -62,8 +70,8 @@ def run(cfg: Config, out: Path) -> dict:
             p.mul_(cfg.teacher_gain if p.dim() == 2 else 1.0)
     rows, results, every = [], {}, max(1, cfg.steps // 6)
     trained = {"teacher": teacher}
-    for method in ("unified", "local"):
-        harness.manual_seed(cfg.seed, "student-init")  # both methods start from the same student
+    for method in cfg.methods:
+        harness.manual_seed(cfg.seed, "student-init")  # every method starts from the same student
         student = MLPDGM(latent_dims=(2, 2), hidden=cfg.student_hidden, out_dim=2)
         before = _mmd(teacher, student, cfg)
 
@@ -72,8 +80,8 @@ def run(cfg: Config, out: Path) -> dict:
                 tqdm.write(f"  [{method}] step {step:5d}  loss {row['loss']:.4f}")
 
         print(f"{method}: distilling (teacher hidden {cfg.teacher_hidden} -> student hidden {cfg.student_hidden})")
-        hist = distill(teacher, student, inputs=cfg.batch, method=method, steps=cfg.steps, lr=cfg.lr,
-                       latent_weight=cfg.latent_weight, seed=harness.seed(cfg.seed, "distill"),
+        hist = distill(teacher, student, inputs=cfg.batch, steps=cfg.steps, lr=cfg.lr,
+                       **harness.distill_method(method, cfg.latent_weight), seed=harness.seed(cfg.seed, "distill"),
                        progress=cfg.progress, callback=log)
         after = _mmd(teacher, student, cfg)
         print(f"  [{method}] MMD^2(teacher y, student y): before {before:.4f}  after {after:.4f}")

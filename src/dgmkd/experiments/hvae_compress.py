@@ -30,7 +30,7 @@ from ..train import distill, fit, minibatches
 
 DESCRIPTION = "Table 1: data-free ladder-VAE compression (unified vs local vs scratch), FD/EMD/MMD/1NN(-T), NLL"
 
-METHODS = ("unified", "local", "scratch", "unified-kl")
+METHODS = ("unified", "local", "scratch", "unified-kl", "default")
 DATASETS = ("digits", "mnist-idx", "svhn", "cifar10", "celeba")
 DATA = (("fd", "FD"), ("emd", "EMD"), ("mmd2", "MMD²"), ("nn1", "1NN"))
 COLS = DATA + tuple((f"{k}_t", f"{n}-T") for k, n in DATA) + (("nll", "NLL"),)
@@ -70,7 +70,8 @@ class Config:
                 ("dataset", self.dataset in DATASETS, f"choose from {', '.join(DATASETS)}"),
                 ("data_root", self.dataset == "digits" or bool(self.data_root),
                  f"dataset={self.dataset} reads your files: give their folder; nothing is downloaded"),
-                ("methods", bool(self.methods) and set(self.methods) <= set(METHODS), f"choose from {', '.join(METHODS)}"),
+                ("methods", bool(self.methods) and all(_known(m) for m in self.methods),
+                 f"choose from scratch, {', '.join(harness.DISTILL_METHODS)}"),
                 ("likelihood", self.likelihood in ("gaussian", "bernoulli"), "choose gaussian or bernoulli"),
                 ("latent_divergence", self.latent_divergence in ("w2", "kl"), "choose w2 or kl"),
                 ("ratios", bool(self.ratios) and min(self.ratios) >= 1, "need ratios >= 1"),
@@ -91,7 +92,7 @@ CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP
 }
 
 QUICK = {"teacher_width": 32, "ratios": (15, 50), "teacher_steps": 800, "warmup": 250, "student_steps": 350,
-         "encoder_steps": 150, "methods": ("unified", "local", "scratch"), "seeds": (0,), "eval_samples": 400,
+         "encoder_steps": 150, "methods": ("unified", "local", "scratch", "default"), "seeds": (0,), "eval_samples": 400,
          "nll_k": 20}
 TEST = {"teacher_width": 8, "ratios": (4,), "teacher_steps": 40, "warmup": 10, "student_steps": 20,
         "encoder_steps": 5, "seeds": (0, 1), "eval_samples": 100, "nll_k": 2, "batch": 32, "grid": 4}
@@ -141,11 +142,18 @@ def _fit_elbo(model: LadderVAE, x, steps: int, lr: float, warmup: int, seed: int
                steps, lr=lr, seed=seed, progress=cfg.progress, desc=desc, **kw)
 
 
+def _known(method: str) -> bool:
+    try:
+        return method == "scratch" or bool(harness.distill_method(method))
+    except ValueError:
+        return False
+
+
 def _distill_kw(method: str, cfg: Config) -> dict:
-    """``distill`` arguments of an experiment method name (``unified-kl``: KL latent divergence)."""
-    return {"method": "unified" if method == "unified-kl" else method, "lr": cfg.student_lr,
-            "latent_weight": cfg.latent_weight, "progress": cfg.progress,
-            "latent_divergence": "kl" if method == "unified-kl" else cfg.latent_divergence}
+    """``distill`` arguments of an experiment method name (``unified``: the paper's W2 latent term;
+    ``unified-kl``: a KL one; see :func:`dgmkd.harness.distill_method`)."""
+    return {**harness.distill_method(method, cfg.latent_weight, cfg.latent_divergence), "lr": cfg.student_lr,
+            "progress": cfg.progress}
 
 
 def _distill_encoder(teacher: LadderVAE, student: LadderVAE, method: str, cfg: Config, seed: int):

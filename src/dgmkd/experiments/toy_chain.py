@@ -36,7 +36,7 @@ DESCRIPTION = "Fig. 2 / Fig. 5 toy: marginal KL vs depth, local vs unified, exac
 class Config:
     variant: Literal["both", "gaussian", "binomial"] = "both"
     layers: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 20)
-    methods: tuple[str, ...] = ("local", "unified")
+    methods: tuple[str, ...] = ("local", "unified", "default")
     # unified is run once per value; 0 is the surrogate loss alone (Eq. 4). Local has no lambda.
     lambdas: tuple[float, ...] = (0.0, 0.1)
     hidden: int = 4                # student width; 0 = linear residual (see docs/toy_chain.md)
@@ -63,7 +63,8 @@ class Config:
         """Called by :func:`dgmkd.config.override`, so ``--set`` mistakes stop before any work."""
         checks = [("variant", self.variant in ("both",) + VARIANTS, "choose both, gaussian or binomial"),
                   ("layers", self.layers and min(self.layers) >= 1, "need a non-empty list of depths >= 1"),
-                  ("methods", self.methods and set(self.methods) <= {"local", "unified"}, "choose local and/or unified"),
+                  ("methods", self.methods and set(self.methods) <= {"local", "unified", "default"},
+                   "choose from local, unified, default"),
                   ("lambdas", self.lambdas or "unified" not in self.methods, "the unified method needs a lambda"),
                   ("lambdas", all(0 <= lam < math.inf for lam in self.lambdas), "latent weights must be finite, >= 0"),
                   ("seeds", self.seeds, "need at least one seed, e.g. 0,1,2"),
@@ -108,7 +109,7 @@ def make_student(variant: str, layers: int, hidden: int, seed: int, cfg: Config)
 
 
 def method_grid(cfg: Config) -> list[tuple[str, float | None]]:
-    return [(m, lam) for m in cfg.methods for lam in ((None,) if m == "local" else cfg.lambdas)]
+    return [(m, lam) for m in cfg.methods for lam in (cfg.lambdas if m == "unified" else (None,))]
 
 
 def variant_params(variant: str, cfg: Config) -> tuple[int, int]:  # width and steps of the depth sweep
@@ -151,14 +152,14 @@ def train_and_evaluate(variant: str, layers: int, method: str, lam: float | None
     student = make_student(variant, layers, hidden, seed, cfg)
     t0 = time.time()
     hist = distill(teacher, student, inputs=cfg.binomial_batch if variant == "binomial" else cfg.batch,
-                   method=method, steps=steps, lr=cfg.lr, latent_weight=lam or 0.0,
+                   method=method, steps=steps, lr=cfg.lr, **({} if lam is None else {"latent_weight": lam}),
                    seed=harness.seed(seed, "distill", variant, layers), progress=cfg.progress)
     train_s, t0 = time.time() - t0, time.time()
     if out is not None:
-        harness.save_models(out, {f"student-{'local' if lam is None else f'unified{lam:g}'}-{variant}-L{layers}"
+        harness.save_models(out, {f"student-{method if lam is None else f'unified{lam:g}'}-{variant}-L{layers}"
                                   f"-h{hidden}-n{steps}-s{seed}": student})
     ev = evaluate(variant, teacher, student, cfg, seed=harness.seed(seed, "eval", variant, layers, hidden, steps))
-    label = "local" if lam is None else f"unified(lambda={lam:g})"
+    label = method if lam is None else f"unified(lambda={lam:g})"
     return {"variant": variant, "layers": layers, "method": label, "lambda": lam, "hidden": hidden, "steps": steps,
             "seed": seed, **ev, "loss_last": float(np.mean(hist["loss"][-20:])), "train_s": round(train_s, 2),
             "eval_s": round(time.time() - t0, 2)}

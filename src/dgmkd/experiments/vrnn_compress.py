@@ -27,7 +27,7 @@ from ..metrics import mmd2
 from ..metrics.frechet import frechet_features
 from ..models.vrnn import VRNN, SeqCNN
 from ..train import fit, minibatches
-from .hm_compress import METHODS, check_sizes, load_models, student, summary, verdict
+from .hm_compress import METHODS, check_methods, check_sizes, load_models, student, summary, verdict
 
 DESCRIPTION = "VRNN on MNIST-1D (or IAM-OnDB) sequences: unified vs local vs scratch, FD/MMD to teacher, IWAE NLL"
 
@@ -44,6 +44,7 @@ class Config:
     batch: int = 128; lr: float = 3e-3
     distill_steps: int = 500; distill_batch: int = 128; distill_lr: float = 3e-3
     latent_weight: float = 0.1
+    methods: tuple[str, ...] = METHODS
     lr_decay: bool = True             # cosine decay to 5% of lr (the same schedule for every method)
     classifier_steps: int = 600       # the MNIST-1D feature classifier
     eval_samples: int = 2000          # samples per model for FD and MMD
@@ -57,6 +58,7 @@ class Config:
         if self.dataset not in ("mnist1d", "iam") or (self.dataset == "iam") != bool(self.data_root):
             raise ConfigError(f"dataset={self.dataset!r}, data_root={self.data_root!r}: choose dataset=mnist1d, or "
                               "dataset=iam with data_root the folder of IAM-OnDB lineStrokes XML files")
+        check_methods(self)
         check_sizes(self, teacher_hidden=self.teacher_hidden, z_dim=self.z_dim, seq_len=self.seq_len, iwae_k=self.iwae_k)
         if self.eval_samples < 10:
             raise ConfigError(f"eval_samples={self.eval_samples}: FD and MMD need at least 10 samples")
@@ -156,7 +158,7 @@ def run(cfg: Config, out: Path) -> dict:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine(cfg.distill_steps, cfg.lr_decay))
         return {"optimizer": opt, "grad_clip": 10.0, "callback": lambda *_: sched.step()}
 
-    rows += harness.sweep(one, seed=cfg.seeds, hidden=cfg.student_hidden, method=METHODS,
+    rows += harness.sweep(one, seed=cfg.seeds, hidden=cfg.student_hidden, method=cfg.methods,
                           log=print if cfg.progress else None)
     harness.write_csv(out / "results.csv", rows)
     torch.save({k: m.state_dict() for k, m in models.items()}, out / "models.pt")

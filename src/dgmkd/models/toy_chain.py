@@ -82,7 +82,8 @@ def _qbinom_transform(d, u):
     return torch.minimum(k.nan_to_num(0.0).clamp_(min=0.0), d.total_count.to(k.dtype))
 
 
-reparam.register(QuantileBinomial, _qbinom_noise, _qbinom_transform, law="standard_uniform")
+reparam.register(QuantileBinomial, _qbinom_noise, _qbinom_transform, law="standard_uniform",
+                 boundary=reparam.binomial_jump)  # its jumps are the Binomial's (for discrete_grad)
 
 
 def _check_layers(layers: int) -> int:
