@@ -686,7 +686,7 @@ DEFAULT = {"method": "hybrid", "local_weight": "balanced", "power": 2.0, "grad_c
 
 def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | Callable = "default",
             steps: int = 1000, *, lr: float = 1e-3, optimizer: torch.optim.Optimizer | None = None,
-            latent_weight: float = 0.1, divergence: str | Callable = "kl",
+            latent_weight: float | None = None, divergence: str | Callable = "kl",
             latent_divergence: str | Callable | None = None, deterministic=None,
             grad_clip: float | None = None, checkpoint: str | os.PathLike | None = None,
             checkpoint_every: int = 100, resume: bool = True, seed: int | None = 0, device=None,
@@ -731,6 +731,8 @@ def distill(teacher: Callable, student: torch.nn.Module, inputs, method: str | C
     """
     if isinstance(method, str) and method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} or pass loss(coupling)")
+    if latent_weight is None:  # 0.1 for the unified losses, or the default's own
+        latent_weight = DEFAULT.get("latent_weight", 0.1) if method == "default" else 0.1
     optional_dg = method == "default" and discrete_grad is None
     balance_power = DEFAULT.get("power", 1.0) if method == "default" else 1.0
     if method == "default" and grad_clip is None and optimizer is None:
