@@ -24,11 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+
 from .metrics.features import FeatureCNN
 from .train import fit, minibatches
 
 __all__ = ["train_feature_net", "embedded_feature_net", "feature_accuracy", "digits_feature_net", "digits_accuracy",
-           "data_feature_net", "cache_dir"]
+           "data_feature_net", "cache_dir", "CenterCrop"]
 
 _VERSION = "v1"
 # embedded data set -> (image size, stride of the first convolution)
@@ -116,15 +118,44 @@ def digits_feature_net(cache: str | os.PathLike | None = None, retrain: bool = F
     return embedded_feature_net("digits", cache, retrain)
 
 
+class CenterCrop(nn.Module):
+    """A feature network of ``net.image_size`` images applied to larger, zero-padded ones: the centre
+    ``image_size x image_size`` crop goes to ``net`` (MNIST padded 28 -> 32 for the ladder VAE is
+    measured by the 28x28 MNIST CNN; ink a model puts in the border is not seen).
+
+    Example:
+        >>> import torch
+        >>> from dgmkd.metrics.features import FeatureCNN
+        >>> crop = CenterCrop(FeatureCNN(1, 28, 10, 64, stem_stride=2).eval())
+        >>> x = torch.nn.functional.pad(torch.rand(3, 1, 28, 28), (2, 2, 2, 2))
+        >>> torch.equal(crop(x), crop.net(x[..., 2:30, 2:30]))
+        True
+    """
+
+    def __init__(self, net: FeatureCNN):
+        super().__init__()
+        self.net, self.image_size = net, net.image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w, s = x.shape[-2], x.shape[-1], self.image_size
+        if h < s or w < s:
+            raise ValueError(f"CenterCrop needs images of at least {s}x{s}, got {h}x{w}")
+        top, left = (h - s) // 2, (w - s) // 2
+        return self.net(x[..., top:top + s, left:left + s])
+
+
 def data_feature_net(dataset: str, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
-                     path: str | os.PathLike | None = None) -> tuple[FeatureCNN, str]:
+                     path: str | os.PathLike | None = None, image_size: int | None = None) -> tuple[nn.Module, str]:
     """``(feature network, its name for reports)`` of the image metrics on ``dataset``: the cached
     CNN (:func:`embedded_feature_net`) for the embedded ``"digits"`` and ``"mnist"``; for a data set
     of the user's files (``mnist-idx``, ``svhn``, ``cifar10``, ``celeba``) a :class:`FeatureCNN`
     trained here on its training images ``x`` with labels ``y`` (:func:`train_feature_net`, seed 0),
-    saved to ``path``."""
+    saved to ``path``. ``image_size``: the side of the images the experiment measures, when its
+    models work on the embedded images padded (``mnist`` padded to 32: the net sees the centre crop,
+    :class:`CenterCrop`)."""
     if dataset in _NETS:
-        return embedded_feature_net(dataset), f"{dataset}-CNN"
+        net = embedded_feature_net(dataset)
+        return (CenterCrop(net) if image_size not in (None, net.image_size) else net), f"{dataset}-CNN"
     if x is None or y is None:
         raise ValueError(f"the {dataset} feature network is trained on its images: pass x and y")
     net = train_feature_net(x, y, seed=0)

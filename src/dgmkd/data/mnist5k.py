@@ -32,7 +32,7 @@ import torch
 
 from .errors import DataFormatError
 
-__all__ = ["mnist_file", "read_mnist5k", "load_mnist5k", "mnist_split"]
+__all__ = ["mnist_file", "read_mnist5k", "load_mnist5k", "mnist_split", "pad_images"]
 
 _SPLITS = ("train", "val", "test", "all")
 _ROWS, _PIXELS, _PER_CLASS = 5000, 28 * 28, 500
@@ -93,7 +93,8 @@ def load_mnist5k(binarize: bool = False, path: str | Path | None = None) -> tupl
 
 
 def mnist_split(split: str = "train", test_fraction: float = 0.2, seed: int = 0, binarize: bool = False,
-                val_fraction: float = 0.0, path: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                val_fraction: float = 0.0, path: str | Path | None = None,
+                pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed, class-stratified train/(validation/)test split of the 5,000 digits (default 400/100 per
     class: 4000 / 1000 images).
 
@@ -101,6 +102,8 @@ def mnist_split(split: str = "train", test_fraction: float = 0.2, seed: int = 0,
     ``round(test_fraction * 500)`` go to test, the last ``round(val_fraction * 500)`` to validation
     (cut from the training part; the test split is unchanged), the rest to training; the classes
     are then shuffled together by the same generator (so a prefix ``x[:64]`` holds every digit).
+    ``pad_to``: pad the images with zeros (background), centred, to ``pad_to x pad_to`` (28 -> 32
+    for models that halve the side down to 4).
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
@@ -111,6 +114,8 @@ def mnist_split(split: str = "train", test_fraction: float = 0.2, seed: int = 0,
     if split == "val" and val_fraction == 0.0:
         raise ValueError("split='val' needs val_fraction > 0")
     x, y = load_mnist5k(binarize, path)
+    if pad_to is not None:
+        x = pad_images(x, pad_to)
     if split == "all":
         return x, y
     rng = np.random.default_rng(seed)
@@ -123,3 +128,17 @@ def mnist_split(split: str = "train", test_fraction: float = 0.2, seed: int = 0,
     idx = np.concatenate(parts)
     idx = torch.from_numpy(idx[rng.permutation(len(idx))])
     return x[idx], y[idx]
+
+
+def pad_images(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` padded with zeros, centred, to ``size x size``.
+
+    Example:
+        >>> pad_images(torch.ones(1, 1, 2, 2), 4)[0, 0].tolist()
+        [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+    h, w = x.shape[-2:]
+    if size < max(h, w):
+        raise ValueError(f"pad_to={size} is smaller than the {h}x{w} images")
+    top, left = (size - h) // 2, (size - w) // 2
+    return torch.nn.functional.pad(x, (left, size - w - left, top, size - h - top))

