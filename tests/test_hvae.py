@@ -129,7 +129,7 @@ def _tiny_run(tmp_path, monkeypatch, **sets):
     from dgmkd.experiments import hvae_compress as H
     from dgmkd.metrics import FeatureCNN
 
-    def feature_net(dataset, x, y, path):
+    def feature_net(dataset, x, y, path, **kw):
         return FeatureCNN(x.shape[1] if x is not None else 1, x.shape[-1] if x is not None else 8, 10, 8).eval(), "random-CNN"
 
     monkeypatch.setattr(H, "data_feature_net", feature_net)
