@@ -62,6 +62,9 @@ class Config:
     eval_samples: int = 1000         # samples per model for the -T metrics
     nll_k: int = 100
     grid: int = 8                    # sample grid: grid x grid images
+    # decoder output bias initialized at logit(mean pixel): auto = on except on the 8x8 digits (whose
+    # tables predate it); without it a 32x32 teacher's sigmoid outputs saturate at black (see _init_output)
+    output_bias_init: str = "auto"   # auto | on | off
     threads: int = 1
     progress: bool = True
 
@@ -75,6 +78,7 @@ class Config:
                 ("methods", bool(self.methods) and set(self.methods) <= set(METHODS), f"choose from {', '.join(METHODS)}"),
                 ("likelihood", self.likelihood in ("gaussian", "bernoulli"), "choose gaussian or bernoulli"),
                 ("latent_divergence", self.latent_divergence in ("w2", "kl"), "choose w2 or kl"),
+                ("output_bias_init", self.output_bias_init in ("auto", "on", "off"), "choose auto, on or off"),
                 ("ratios", bool(self.ratios) and min(self.ratios) >= 1, "need ratios >= 1"),
                 ("seeds", bool(self.seeds), "need at least one seed"), ("data_limit", self.data_limit >= 0, "0 = all")]:
             if not ok:
@@ -130,6 +134,23 @@ def student_widths(cfg: Config, image_size: int, channels: int) -> list[tuple[in
     n_t = _vae(cfg, cfg.teacher_width, image_size, channels).num_parameters()
     counts = {w: _vae(cfg, w, image_size, channels).num_parameters() for w in range(1, cfg.teacher_width + 1)}
     return [(min(counts, key=lambda w: abs(math.log(counts[w]) - math.log(n_t / r))), r) for r in cfg.ratios]
+
+
+def _init_output(model: LadderVAE, images: torch.Tensor, cfg: Config) -> LadderVAE:
+    """Set the decoder's output bias to the logit of the mean pixel of ``images`` (per channel).
+
+    Why: at initialization the decoder mean is sigmoid(0) = 0.5 everywhere; on mostly black 28x28
+    digits (padded to 32) the first ELBO steps drive every output logit far negative, where the
+    sigmoid's gradient vanishes, and the model stays at a black image with a collapsed posterior
+    (KL ~ 0). Starting at the mean pixel avoids that plateau (a standard data-dependent init). The
+    teacher and scratch students use the training images; data-free students the teacher's samples.
+    """
+    if cfg.output_bias_init == "off" or (cfg.output_bias_init == "auto" and cfg.dataset == "digits"):
+        return model
+    with torch.no_grad():
+        mean = images.mean((0, 2, 3)).clamp(1e-3, 1 - 1e-3)
+        model.decoder[-1].bias.copy_(torch.logit(mean))
+    return model
 
 
 def _fit_elbo(model: LadderVAE, x, steps: int, lr: float, warmup: int, seed: int, cfg: Config, desc: str, **kw):
@@ -208,7 +229,7 @@ def run(cfg: Config, out: Path) -> dict:
 
     # teacher, checkpointed in the run directory: `dgmkd run hvae-compress --resume --out DIR` continues it
     harness.manual_seed("teacher", "init")
-    teacher = _vae(cfg, cfg.teacher_width, size, channels)
+    teacher = _init_output(_vae(cfg, cfg.teacher_width, size, channels), xtr, cfg)
     print(f"teacher: width {cfg.teacher_width}, {teacher.num_parameters():,} parameters, {cfg.teacher_steps} ELBO steps")
     _fit_elbo(teacher, xtr, cfg.teacher_steps, cfg.teacher_lr, cfg.warmup, harness.seed("teacher", "train"), cfg,
               "teacher", checkpoint=out / "teacher.ckpt", checkpoint_every=max(1, cfg.teacher_steps // 4))
@@ -227,7 +248,7 @@ def run(cfg: Config, out: Path) -> dict:
         for w, r in student_widths(cfg, size, channels):
             for method in cfg.methods:
                 harness.manual_seed(seed, "student-init", r)
-                student = _vae(cfg, w, size, channels)
+                student = _init_output(_vae(cfg, w, size, channels), xtr if method == "scratch" else t_samples, cfg)
                 print(f"seed {seed} student 1/{r} (width {w}, {student.num_parameters():,} params): {method}")
                 t1 = time.time()
                 h = _train_student(method, teacher, student, xtr, cfg, seed, r)
