@@ -29,6 +29,7 @@ from ..feature_net import data_feature_net, feature_accuracy
 from ..methods.continual import train_continual
 from ..models.cond_hvae import CondLadderVAE
 from ..models.hvae import kl_weight
+from .hvae_compress import set_output_bias
 from ..train import fit, minibatches
 
 DESCRIPTION = ("Table 2: KD-based VAE continual learning on digit (or your CelebA attribute) splits "
@@ -66,6 +67,9 @@ class Config:
     latent_divergence: str = "w2"   # w2 (paper's code) | kl
     consistency_weight: float = 1.0  # lgm
     grid: int = 6                   # sample grids: grid x grid images per panel
+    # M_old's decoder output bias at logit(mean pixel of the old part): auto = on except on the 8x8
+    # digits (whose tables predate it); without it 32x32 MNIST saturates at black (hvae_compress._init_output)
+    output_bias_init: str = "auto"  # auto | on | off
     threads: int = 1
     progress: bool = True
 
@@ -90,7 +94,8 @@ class Config:
                 ("r_grid" if self.r_grid else "r", all(0 <= r <= 1 for r in (self.r, *self.r_grid)),
                  "the weight of L_new is in [0, 1] (0 = the data share)"),
                 ("val_fraction", 0 < self.val_fraction < 0.5, "must be in (0, 0.5): r is chosen on those images"),
-                ("latent_divergence", self.latent_divergence in ("w2", "kl"), "choose w2 or kl")]:
+                ("latent_divergence", self.latent_divergence in ("w2", "kl"), "choose w2 or kl"),
+                ("output_bias_init", self.output_bias_init in ("auto", "on", "off"), "choose auto, on or off")]:
             if not ok:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not allowed; {msg}")
 
@@ -189,6 +194,8 @@ def run(cfg: Config, out: Path) -> dict:
         for seed in cfg.seeds:
             harness.manual_seed(seed, "M_old", split)
             old = CondLadderVAE(2, xo.shape[-1], xo.shape[1], cfg.width, cfg.latent_dims, sigma=cfg.sigma)
+            if cfg.output_bias_init == "on" or (cfg.output_bias_init == "auto" and cfg.dataset != "digits"):
+                set_output_bias(old, xo)
             fit(lambda a, step: old.loss(a[0], kl_weight(step, cfg.warmup), 0), old, minibatches(xo, batch=cfg.batch),
                 cfg.old_steps, lr=cfg.old_lr, seed=harness.seed(seed, "M_old-train", split), progress=cfg.progress,
                 desc=f"M_old {split}", checkpoint=out / "models" / f"old_{slug}_seed{seed}.ckpt",

@@ -147,6 +147,18 @@ def _init_output(model: LadderVAE, images: torch.Tensor, cfg: Config) -> LadderV
     """
     if cfg.output_bias_init == "off" or (cfg.output_bias_init == "auto" and cfg.dataset == "digits"):
         return model
+    return set_output_bias(model, images)
+
+
+def set_output_bias(model: LadderVAE, images: torch.Tensor) -> LadderVAE:
+    """``model`` (a :class:`LadderVAE` or subclass) with its decoder's output bias at the logit of the
+    per-channel mean pixel of ``images`` (see :func:`_init_output`).
+
+    Example:
+        >>> m = set_output_bias(LadderVAE(image_size=8, width=2), torch.full((4, 1, 8, 8), 0.25))
+        >>> round(float(torch.sigmoid(m.decoder[-1].bias)), 6)
+        0.25
+    """
     with torch.no_grad():
         mean = images.mean((0, 2, 3)).clamp(1e-3, 1 - 1e-3)
         model.decoder[-1].bias.copy_(torch.logit(mean))
