@@ -336,8 +336,10 @@ def test_config_errors_name_the_key_and_the_choices(tmp_path):
     msg = err({"dataset": "celeba", "splits": "Female>Male"})
     assert msg.startswith("data_root:") and "list_attr_celeba.txt" in msg
     assert err({"dataset": "celeba", "splits": "Female>Male", "data_root": root + "/nope"}).startswith("data_root:")
-    msg = err({"dataset": "mnist"})
-    assert msg.startswith("dataset:") and "digits, mnist-idx, celeba" in msg
+    msg = err({"dataset": "fashion"})
+    assert msg.startswith("dataset:") and "digits, mnist, mnist-idx, celeba" in msg
+    assert err({"dataset": "mnist", "image_size": 28}).startswith("image_size:")  # mnist runs padded to 32
+    cfgmod.override(exp.Config(), {"dataset": "mnist"})  # embedded: no data_root
     msg = err({"dataset": "celeba", "splits": "Female>Male", "data_root": root, "image_size": 48})
     assert msg.startswith("image_size:") and "8, 16, 32, 64" in msg
     assert err({"image_size": 16}).startswith("image_size:")

@@ -1,7 +1,8 @@
 """Two-part splits of the embedded digits for continual learning (Chen et al. 2023, §4.4).
 
 The paper splits CelebA by an attribute (Female -> Male, No Beard -> Beard, No Eyeglasses ->
-Eyeglasses); here the three splits of the 8x8 digits play that role:
+Eyeglasses); here three splits of the embedded digits (the 8x8 ``"digits"`` or the 28x28
+``"mnist"``, ``dataset=``) play that role:
 
 * ``"0-4>5-9"``: digits 0–4 (old) then 5–9 (new);
 * ``"even>odd"``: even digits (old) then odd digits (new);
@@ -9,8 +10,8 @@ Eyeglasses); here the three splits of the 8x8 digits play that role:
   mass is the sum of an image's pixel values; the median is taken over the *training* split and
   the same threshold is applied to the test split, so both are split by one rule.
 
-Each part is a subset of :func:`dgmkd.data.digits_split` (same fixed train/test permutation); the
-two parts partition it. CelebA users get the paper's attribute splits (:data:`CELEBA_SPLITS`:
+Each part is a subset of :func:`dgmkd.data.embedded_split` (same fixed train/test split); the two
+parts partition it. CelebA users get the paper's attribute splits (:data:`CELEBA_SPLITS`:
 ``"Female>Male"``, ``"No_Beard>Beard"``, ``"No_Eyeglasses>Eyeglasses"``) of the images
 :func:`dgmkd.data.load_celeba` reads from their own files (:func:`celeba_split`,
 :func:`attribute_split`).
@@ -36,11 +37,11 @@ CELEBA_SPLITS = {"Female>Male": ("Male", False), "No_Beard>Beard": ("No_Beard", 
                  "No_Eyeglasses>Eyeglasses": ("Eyeglasses", False)}
 
 
-def ink_threshold(binarize: bool = False) -> float:
-    """The median ink mass (sum of pixels) of the digits' training split."""
-    from .digits import digits_split
+def ink_threshold(binarize: bool = False, dataset: str = "digits") -> float:
+    """The median ink mass (sum of pixels) of the training split of ``dataset`` (digits or mnist)."""
+    from . import embedded_split
 
-    x, _ = digits_split("train", binarize=binarize)
+    x, _ = embedded_split(dataset, "train", binarize=binarize)
     return float(x.flatten(1).sum(-1).median())
 
 
@@ -57,15 +58,16 @@ def split_mask(name: str, x: torch.Tensor, y: torch.Tensor, threshold: float | N
     raise ValueError(f"unknown split {name!r}; choose from {SPLITS}")
 
 
-def continual_split(name: str, split: str = "train", binarize: bool = False):
-    """``((x_old, y_old), (x_new, y_new))``: the two parts of the digits' ``split`` ("train" or
-    "test") under the continual-learning split ``name`` (one of :data:`SPLITS`)."""
-    from .digits import digits_split
+def continual_split(name: str, split: str = "train", binarize: bool = False, dataset: str = "digits"):
+    """``((x_old, y_old), (x_new, y_new))``: the two parts of the ``split`` ("train" or "test") of
+    the embedded ``dataset`` (digits or mnist) under the continual-learning split ``name`` (one of
+    :data:`SPLITS`)."""
+    from . import embedded_split
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    x, y = digits_split(split, binarize=binarize)
-    thr = ink_threshold(binarize) if name == "thin>thick" else None
+    x, y = embedded_split(dataset, split, binarize=binarize)
+    thr = ink_threshold(binarize, dataset) if name == "thin>thick" else None
     new = split_mask(name, x, y, thr)
     return (x[~new], y[~new]), (x[new], y[new])
 

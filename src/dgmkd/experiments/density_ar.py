@@ -1,7 +1,8 @@
 """The autoregressive parts of ``dgmkd run density-distill``: digits (Huang et al. §4.1.2–4.1.3)
 and MNIST-1D sequences (the analogue of their WaveNet setting).
 
-A Gaussian-conditional autoregressive teacher — MADE conditionals on the 8x8 digits, dequantized
+A Gaussian-conditional autoregressive teacher — MADE conditionals on the 8x8 digits (or, with
+``img_dataset=mnist``, the embedded 28x28 MNIST digits: 784 dimensions, 256 grey levels), dequantized
 and logit-transformed as in §4.1.2, or the causal convolutions of ``CausalConvAutoregressive`` on
 MNIST-1D — is fitted by maximum likelihood and distilled into IAF students by each loss of
 ``img_losses``; ``x_recon_noise`` adds noise to the codes ``T(x)`` (§4.1.3) and ``oracle`` is
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import harness
-from ..data.digits import dequantize, digits_split
+from ..data.digits import dequantize
 from ..methods import density
 from ..metrics.frechet import frechet_distance, frechet_features
 from ..models.autoregressive import CausalConvAutoregressive, GaussianAutoregressive
@@ -29,6 +30,13 @@ from ..models.iaf import IAF
 from ..train import fit, minibatches
 
 STUDENT_LOSSES = ("reverse_kl", "z_recon", "x_recon", "x_recon_noise", "oracle")
+IMAGES = {"digits": (8, 17), "mnist": (28, 256)}  # image data set -> (side, grey levels)
+
+
+def _image(cfg) -> tuple[str, int, int]:
+    """``(data set, side, grey levels)`` of the image part (configs without ``img_dataset``: digits)."""
+    ds = getattr(cfg, "img_dataset", "digits")
+    return (ds, *IMAGES[ds])
 
 
 def logit_transform(u: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -45,9 +53,11 @@ def _setup(cfg, part: str):
     """A part's train and held-out rows, ``encode(x, generator)`` to the teacher's space, ``view(y)``
     back to pixels or signal values, and the teacher."""
     if part == "digits":
-        a = cfg.img_alpha
-        tr, te = (digits_split(s)[0].flatten(1) for s in ("train", "test"))
-        return (tr, te, lambda x, g=None: logit_transform(dequantize(x, generator=g), a), lambda y: to_pixels(y, a),
+        from ..data import embedded_split
+
+        a, (ds, _, levels) = cfg.img_alpha, _image(cfg)
+        tr, te = (embedded_split(ds, s)[0].flatten(1) for s in ("train", "test"))
+        return (tr, te, lambda x, g=None: logit_transform(dequantize(x, levels, g), a), lambda y: to_pixels(y, a),
                 GaussianAutoregressive(tr.shape[1], hidden=cfg.img_teacher_hidden))
     from ..data.mnist1d import load_mnist1d
 
@@ -65,13 +75,14 @@ def _sizes(cfg, part: str) -> tuple[int, int, int, int]:
 
 
 def _nll(cfg, teacher, y: torch.Tensor, part: str) -> float:
-    """The teacher's NLL per dimension: nats (sequences); bits of the intensities ``17 u`` (digits)."""
+    """The teacher's NLL per dimension: nats (sequences); bits of the intensities ``L u`` (images with
+    ``L`` grey levels: 17 on the digits, 256 on MNIST)."""
     with torch.no_grad():
         lp = teacher.log_prob(y)
     if part == "sequences":
         return float(-lp.mean() / y.shape[1])
     p = torch.sigmoid(y)
-    lp = lp + (math.log(1 - 2 * cfg.img_alpha) - math.log(17.0) - torch.log(p) - torch.log1p(-p)).sum(-1)
+    lp = lp + (math.log(1 - 2 * cfg.img_alpha) - math.log(float(_image(cfg)[2])) - torch.log(p) - torch.log1p(-p)).sum(-1)
     return float(-lp.mean() / (y.shape[1] * math.log(2)))
 
 
@@ -104,12 +115,13 @@ def run_part(cfg, out: Path, part: str, seed: int) -> None:
     harness.save_models(out, {f"teacher-{part}": teacher})
     harness.write_json(out / f"{part}_teacher.json", {
         **{k: _nll(cfg, teacher, encode(x, harness.generator(seed, part, "dequantize", k)), part)
-           for k, x in (("train", tr), ("heldout", te))}, "train_rows": len(tr)})
+           for k, x in (("train", tr), ("heldout", te))}, "train_rows": len(tr),
+        **({"feature_accuracy": _accuracy(_image(cfg)[0])} if part == "digits" and _image(cfg)[0] != "digits" else {})})
     harness.manual_seed(seed, part, "teacher-samples")
     ref, (own, seconds) = teacher.sample(n), _timed(teacher, n)
     pool = teacher.sample(pool_n)
     data = view(encode(torch.cat([tr, te]), harness.generator(seed, part, "dequantize", "all")))
-    cnn = _cnn_metrics(view(ref), data) if part == "digits" and cfg.img_cnn_metrics else None
+    cnn = _cnn_metrics(view(ref), data, _image(cfg)[0]) if part == "digits" and cfg.img_cnn_metrics else None
 
     def row(model, xs, secs, final_loss):
         with torch.no_grad():
@@ -133,9 +145,17 @@ def run_part(cfg, out: Path, part: str, seed: int) -> None:
     harness.write_csv(out / f"{part}_history.csv", [{"model": m, "step": i, "value": v} for m, h in hists.items()
                                                      for i, v in zip(h["step"], h["loss"]) if i % 10 == 0])
     if part == "digits":
-        harness.image_grid({k: v.view(-1, 1, 8, 8) for k, v in shown.items()}, out / "digits_samples.png")
+        side = _image(cfg)[1]
+        harness.image_grid({k: v.view(-1, 1, side, side) for k, v in shown.items()}, out / "digits_samples.png")
     else:
         _plot_signals(shown, out / "sequences_samples.png")
+
+
+def _accuracy(dataset: str) -> float | None:
+    from ..feature_net import embedded_feature_net, feature_accuracy
+
+    embedded_feature_net(dataset)  # trained and cached on first use
+    return feature_accuracy(dataset)
 
 
 @torch.no_grad()
@@ -144,14 +164,15 @@ def _timed(model, n: int):
     return model.sample(n), time.perf_counter() - t0
 
 
-def _cnn_metrics(ref_pixels, data_pixels):
-    """Fréchet distance in the digits classifier's 64-d features to the teacher's reference sample
+def _cnn_metrics(ref_pixels, data_pixels, dataset: str = "digits"):
+    """Fréchet distance in the data set's classifier's 64-d features to the teacher's reference sample
     and to the data, and the class histogram of a sample (the share of the most frequent predicted
     class; the number of classes holding >= 5 %)."""
-    from ..feature_net import digits_feature_net
+    from ..feature_net import embedded_feature_net
 
-    net = digits_feature_net()
-    images = lambda u: ((17 * u - 0.5) / 16).clamp(0, 1).view(-1, 1, 8, 8)  # noqa: E731  (k + v) / 17 -> k / 16
+    net, (side, lv) = embedded_feature_net(dataset), IMAGES[dataset]
+    # (k + v) / L -> k / (L - 1): dequantized values back onto the data's grey levels
+    images = lambda u: ((lv * u - 0.5) / (lv - 1)).clamp(0, 1).view(-1, 1, side, side)  # noqa: E731
     ref, data = images(ref_pixels), images(data_pixels)
 
     @torch.no_grad()
@@ -185,13 +206,16 @@ def report_part(cfg, out: Path, part: str) -> list[str]:
     students = (f"Students: IAF, {cfg.img_student_layers} layers, hidden {list(cfg.img_student_hidden)}, Adam "
                 f"{cfg.img_lr}, {cfg.distance}, {steps} steps; oracle pool {pool} teacher samples; {n} samples per model.")
     if part == "digits":
-        lines = ["## Digits: MADE autoregressive teacher distilled into IAF students (§4.1.2–4.1.3)", "",
+        ds, side, lv = _image(cfg)
+        acc = f", held-out accuracy {t['feature_accuracy']:.3f}" if t.get("feature_accuracy") else ""
+        lines = [("## Digits" if ds == "digits" else "## MNIST (28x28)")
+                 + ": MADE autoregressive teacher distilled into IAF students (§4.1.2–4.1.3)", "",
                  f"Teacher: MADE hidden {list(cfg.img_teacher_hidden)}, {cfg.img_teacher_steps} maximum-likelihood "
-                 f"steps on {t['train_rows']} training digits; bits/dim (intensity units 0..17): train "
+                 f"steps on {t['train_rows']} training digits; bits/dim (intensity units 0..{lv}): train "
                  f"{t['train']:.3f}, test {t['heldout']:.3f}. {students}", "",
-                 "FD pixels: Fréchet distance of Gaussians fitted to the 64 pixel values in [0, 1]. FD CNN: the "
-                 "same in the 64-d features of the project's digits classifier (`dgmkd.metrics.features`; not an "
-                 "Inception FID). top class: share of samples in the classifier's most frequent class; classes: "
+                 f"FD pixels: Fréchet distance of Gaussians fitted to the {side * side} pixel values in [0, 1]. FD CNN: "
+                 f"the same in the 64-d features of the project's {ds} classifier (`dgmkd.metrics.features`{acc}; not "
+                 "an Inception FID). top class: share of samples in the classifier's most frequent class; classes: "
                  "classes holding >= 5 % of the samples. Sample grids: `digits_samples.png`.", ""]
         head = ["FD pixels → teacher", "FD pixels → data", *(["FD CNN → teacher", "FD CNN → data"] if cnn else [])]
     else:

@@ -1,7 +1,8 @@
 """``dgmkd run density-distill``: probability density distillation (Huang et al., UAI 2019).
 
 Parts (``parts``): the linear-Gaussian study here (§3.2, §4.1.1) and the autoregressive teachers
-of :mod:`dgmkd.experiments.density_ar` (digits, MNIST-1D; first seed). Linear: teacher
+of :mod:`dgmkd.experiments.density_ar` (digits — or ``img_dataset=mnist``, 28x28 — and MNIST-1D;
+first seed). Linear: teacher
 ``x = mu + R z`` (``R_ij ~ N(0, 1)`` fixed), student ``x = mu_S + R_S z`` initialised at ``N(0, I)``,
 trained by each loss of :mod:`dgmkd.methods.density` (x-reconstruction on fresh teacher samples)
 on the first seed of ``seeds``; reverse KL on every seed (own teacher each), measuring the
@@ -51,6 +52,7 @@ class Config:
     threads: int = 1
     progress: bool = True
     parts: tuple[str, ...] = PARTS
+    img_dataset: str = "digits"     # the image part's data: digits (8x8) | mnist (28x28); both embedded
     img_losses: tuple[str, ...] = density_ar.STUDENT_LOSSES
     img_alpha: float = 0.05
     img_teacher_hidden: tuple[int, ...] = (512, 512)
@@ -85,6 +87,7 @@ class Config:
         need(set(self.img_losses) <= set(density_ar.STUDENT_LOSSES), "img_losses",
              f"a subset of {density_ar.STUDENT_LOSSES}")
         need(0 < self.img_alpha < 0.5, "img_alpha", "in (0, 0.5)")
+        need(self.img_dataset in density_ar.IMAGES, "img_dataset", f"one of {tuple(density_ar.IMAGES)}")
         need(self.noise_std >= 0, "noise_std", ">= 0")
         need(self.noise_std_img >= 0, "noise_std_img", ">= 0")
         for k in ("steps", "batch", "signal_samples", "signal_every", "eval_samples", "prop1_samples", "smooth",

