@@ -240,7 +240,10 @@ def run(cfg: Config, out: Path) -> dict:
         first.setdefault(r["cell"], i)
     rows.sort(key=lambda r: (order[_family_of(r["cell"])], first[r["cell"]], r["method"], r["seed"]))
     harness.write_csv(out / "results.csv", rows)
-    harness.write_json(out / "timing.json", {"elapsed_s": round(time.time() - t0, 1), "family_s": times})
+    from ..train import DEFAULT
+
+    harness.write_json(out / "timing.json", {"elapsed_s": round(time.time() - t0, 1), "family_s": times,
+                                             "default": DEFAULT})
     report(out)
     return {"rows": rows}
 
@@ -257,9 +260,10 @@ METHOD_ORDER = ("local", "unified-l0", "unified-l0.1", "paper", "scratch", "defa
 def cells(rows: list[dict]) -> list[dict]:
     """Per cell: every method's summary, the best non-default method and the default's ratio to it.
 
-    An error at or below zero (an NLL gap where a student beats its teacher) has no ratio: the
-    ratio is then taken on the error shifted to make the best method's error equal to the spread
-    floor, and reported as such (``shifted``)."""
+    Errors estimated without bias can be at or below zero (an unbiased MMD² at its noise floor, an
+    NLL gap where a student beats its teacher). Then there is no ratio: a default at or below the
+    best counts as 1 (``floor``); a default above a best at or below zero is compared on errors
+    shifted so the best equals its own seed spread (``shifted``)."""
     summ = harness.summarize(rows, ("cell", "metric", "method"), ("value",))
     out = []
     for cell in dict.fromkeys(r["cell"] for r in rows):
@@ -267,15 +271,17 @@ def cells(rows: list[dict]) -> list[dict]:
         others = {m: s for m, s in by.items() if m != "default"}
         best = min(others, key=lambda m: others[m]["value_mean"]) if others else None
         entry = {"cell": cell, "metric": next(iter(by.values()))["metric"], "methods": by, "best": best,
-                 "ratio": math.nan, "shifted": False}
+                 "ratio": math.nan, "note": ""}
         if best is not None and "default" in by:
             b, d = others[best]["value_mean"], by["default"]["value_mean"]
-            if b > 0:
+            if b > 0 and d > 0:
                 entry["ratio"] = d / b
-            else:  # shift so the best error is its own spread (or 1e-3 when there is none)
+            elif d <= b:
+                entry["ratio"], entry["note"] = 1.0, "floor"
+            else:
                 floor = others[best].get("value_sd", math.nan)
                 floor = floor if floor == floor and floor > 0 else 1e-3
-                entry["ratio"], entry["shifted"] = (d - b + floor) / floor, True
+                entry["ratio"], entry["note"] = (d - b + floor) / floor, "shifted"
         out.append(entry)
     return out
 
@@ -300,7 +306,7 @@ def report(out: str | Path) -> str:
             if m == c["best"]:
                 val = f"**{val}**"
             if m == "default" and c["ratio"] == c["ratio"]:
-                val += f" ({c['ratio']:.2f}x{'*' if c['shifted'] else ''})"
+                val += f" ({c['ratio']:.2f}x{'*' if c['note'] else ''})"
             line.append(val)
         table.append(line)
     ratios = [c["ratio"] for c in cs if c["ratio"] == c["ratio"]]
@@ -310,18 +316,23 @@ def report(out: str | Path) -> str:
         for m in ("local", "unified-l0", "unified-l0.1", "paper") if m in c["methods"])]
     short = [(c["cell"], c["ratio"], c["best"]) for c in cs if c["ratio"] == c["ratio"] and c["ratio"] > 1.5]
     harness.write_csv(out / "summary.csv", [{"cell": c["cell"], "metric": c["metric"], "best": c["best"],
-                                             "default_ratio": c["ratio"], "shifted": c["shifted"]} for c in cs])
+                                             "default_ratio": c["ratio"], "note": c["note"]} for c in cs])
     from ..train import DEFAULT
 
+    d = timing.get("default", DEFAULT)  # as it was when the run was made
     lines = [
         "# Regime benchmark: the default distillation method against every named one", "",
-        f"The default (`dgmkd.distill` without `method`): {DEFAULT}. Cells: {harness.SPREAD}; seeds "
+        f"The default (`dgmkd.distill` without `method`): the {d['method']} objective, local weight "
+        f"{d['local_weight']} (power {d.get('power', 1)}), latent weight {d.get('latent_weight', 0.1)}, gradient clip "
+        f"{d.get('grad_clip')}, discrete_grad={d.get('discrete_grad')} where latents are discrete. Cells: {harness.SPREAD}; seeds "
         f"{list(cfg.seeds)}. Every method starts from the same student in a cell and seed. **Bold**: the best "
         "method other than the default; after the default's error, its ratio to that best (x). `paper`: the "
         "paper's own variant where it differs from the named ones (HM: latent weight 1; HVAE: the W2 latent "
         "term). `scratch`: the student trained on the teacher's data. Errors: exact marginal KL (chains, HM), "
         "FD to the teacher's samples (FD-T), held-out NLL minus the teacher's (nats), MMD² to the teacher. "
-        "A ratio marked * is on errors shifted so the best is its own seed spread (the best error is <= 0).", "",
+        "A ratio marked * has no plain ratio because an error is <= 0 (an unbiased MMD² at its noise floor, a "
+        "student below its teacher's NLL): 1 when the default is at or below the best, else the ratio of errors "
+        "shifted so the best equals its seed spread.", "",
         *harness.table(["cell", "error", *methods], table), "",
         f"The default is strictly better than local and every unified variant in {len(better)} of {len(cs)} cells"
         + (f" ({', '.join(better)})" if better else "") + ".",
