@@ -9,8 +9,8 @@ proposed change can be checked before the whole benchmark is re-run.
         [--seeds 0 1 2] [--out FILE]
 
 Prints one line per cell (mean and per-seed KL) and a last line ``worst_chain_ratio=<max over the
-cells of the variant's mean KL over the best named method's mean from --baseline, a regimes
-run directory's results.csv>`` when ``--baseline`` is given.
+cells of the variant's mean KL over the best named method's mean in --baseline, a regimes run
+directory or its results CSV>`` when ``--baseline`` is given.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def main():
     ap.add_argument("--grad-clip", type=float, default=T.DEFAULT["grad_clip"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--baseline", type=Path, help="a regimes run directory: ratios to its best named method")
+    ap.add_argument("--baseline", type=Path, help="a regimes run directory (or its results CSV): ratios to its best "
+                    "named method")
     ap.add_argument("--out", type=Path, help="also write the lines to this file")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -42,8 +43,8 @@ def main():
     if args.baseline:
         from dgmkd.experiments.regimes import cells
 
-        best = {c["cell"]: c["methods"][c["best"]]["value_mean"]
-                for c in cells(harness.read_csv(args.baseline / "results.csv")) if c["best"]}
+        csv = args.baseline / "results.csv" if args.baseline.is_dir() else args.baseline
+        best = {c["cell"]: c["methods"][c["best"]]["value_mean"] for c in cells(harness.read_csv(csv)) if c["best"]}
     cfg = toy_chain.Config(dre=False, steps=args.steps)
     lines = [f"default variant: power {args.power}, latent weight {args.latent_weight}, grad clip {args.grad_clip}"]
     ratios = []
