@@ -142,7 +142,7 @@ def test_hm_experiment_writes_its_outputs(tmp_path):
     res = mod.run(cfg, tmp_path)
     for f in ("results.csv", "summary.csv", "report.md", "contours.png", "models.pt", "timing.json"):
         assert (tmp_path / f).exists(), f
-    assert {r["method"] for r in res["rows"]} == {"teacher", "unified", "local", "scratch"}
+    assert {r["method"] for r in res["rows"]} == {"teacher", "unified", "local", "scratch", "default"}
     assert all(math.isfinite(r["kl"]) and math.isfinite(r["test_ll"]) for r in res["rows"])
     for bad, key in (({"algorithm": "foo"}, "algorithm"), ({"seeds": ()}, "seeds"), ({"student_hidden": (2, 0)},
                                                                                       "student_hidden")):

@@ -108,7 +108,7 @@ def test_report_of_damaged_data_names_the_file_and_keeps_the_report(tmp_path, ca
 
 def test_a_diverging_run_is_reported_in_its_status(tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["run", "demo", *DEMO, "--set", "lr=1e6", "--out", str(out)]) == 0
+    assert main(["run", "demo", *DEMO, "--set", "lr=1e6", "--set", "methods=unified,local", "--out", str(out)]) == 0
     st = json.loads((out / "status.json").read_text())
     assert any("diverged" in w for w in st["warnings"]), st
     cap = capsys.readouterr()

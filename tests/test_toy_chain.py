@@ -145,7 +145,7 @@ def test_tiny_run_writes_csv_plots_and_report(tmp_path, capsys):
                     regime_layers=2, regime_hidden=(0,), regime_steps=(5,), regime_seeds=(0, 1))
     harness.write_json(tmp_path / "config.json", {"experiment": "toy-chain", **tc.to_dict(cfg)})
     res = tc.run(cfg, tmp_path)
-    n_methods = 3  # local, unified(0), unified(0.1)
+    n_methods = 4  # local, unified(0), unified(0.1), default
     expected = 2 * 2 * n_methods * 1 + n_methods * 2  # variants x L x methods x seeds + regimes x seeds
     rows = harness.read_csv(tmp_path / "results.csv")
     assert len(rows) == expected == len(res["rows"])

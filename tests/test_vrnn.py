@@ -99,7 +99,7 @@ def test_vrnn_experiment_smoke(tmp_path):
     res = mod.run(override(mod.Config(), {**mod.QUICK, **mod.TEST, "progress": False}), tmp_path)
     for f in ("results.csv", "summary.csv", "report.md", "samples.png", "teacher.pt", "models.pt", "meta.json"):
         assert (tmp_path / f).exists(), f
-    assert {r["method"] for r in res["rows"]} == {"teacher", "unified", "local", "scratch"}
+    assert {r["method"] for r in res["rows"]} == {"teacher", "unified", "local", "scratch", "default"}
     assert all(math.isfinite(r["fd_to_teacher"]) and math.isfinite(r["iwae_nll"]) for r in res["rows"])
     with pytest.raises(ConfigError, match="data_root"):
         override(mod.Config(), {"dataset": "iam"})
