@@ -290,8 +290,19 @@ def report(out: str | Path) -> str:
     """Rebuild ``report.md``, ``summary.csv`` and ``ratios.png`` from the run directory."""
     out = Path(out)
     cfg = harness.load_config(out, Config)
-    rows = harness.read_csv(out / "results.csv", required=("cell", "metric", "method", "seed", "value"))
-    timing = harness.read_json(out / "timing.json")
+    need = ("cell", "metric", "method", "seed", "value")
+    missing = []
+    if (out / "results.csv").exists():
+        rows = harness.read_csv(out / "results.csv", required=need)
+        timing = harness.read_json(out / "timing.json")
+    else:  # a run stopped before every family finished: the families that did, said so
+        rows, missing = [], [f for f in cfg.families if not (out / f"rows-{f}.csv").exists()]
+        for f in cfg.families:
+            if f not in missing:
+                rows += harness.read_csv(out / f"rows-{f}.csv", required=need)
+        if not rows:
+            raise harness.ReportDataError(f"{str(out)!r} holds no finished family of the regime benchmark yet")
+        timing = {"elapsed_s": None, "family_s": {}}
     cs = cells(rows)
     methods = [m for m in METHOD_ORDER if any(m in c["methods"] for c in cs)]
     table = []
@@ -302,7 +313,7 @@ def report(out: str | Path) -> str:
             if s is None:
                 line.append("—")
                 continue
-            val = harness.cell(s, "value", 4)
+            val = harness.cell(s, "value")
             if m == c["best"]:
                 val = f"**{val}**"
             if m == "default" and c["ratio"] == c["ratio"]:
@@ -338,8 +349,10 @@ def report(out: str | Path) -> str:
         + (f" ({', '.join(better)})" if better else "") + ".",
         "Cells where the default is more than 1.5x the best other method: "
         + ("; ".join(f"{c} ({r:.2f}x {b})" for c, r, b in short) if short else "none") + ".", "",
-        f"Wall time {timing['elapsed_s'] / 60:.1f} min; per family (min, running side by side): "
-        + ", ".join(f"{k} {v / 60:.1f}" for k, v in timing["family_s"].items()) + ".", "",
+        (f"Wall time {timing['elapsed_s'] / 60:.1f} min; per family (min, running side by side): "
+         + ", ".join(f"{k} {v / 60:.1f}" for k, v in timing["family_s"].items()) + "." if not missing else
+         f"**The run has not finished: no results yet for {', '.join(missing)}** (this table holds the families "
+         "that finished; `worst_default_ratio` is over those cells only)."), "",
         f"worst_default_ratio={worst:.3f}",
     ]
     _plot(cs, out / "ratios.png")
