@@ -313,7 +313,8 @@ def report(out: str | Path) -> str:
             if s is None:
                 line.append("—")
                 continue
-            val = harness.cell(s, "value")
+            sd = s.get("value_sd", math.nan)
+            val = f"{s['value_mean']:.4g}" + (f" ± {sd:.2g}" if sd == sd else "")  # the spread convention above
             if m == c["best"]:
                 val = f"**{val}**"
             if m == "default" and c["ratio"] == c["ratio"]:
