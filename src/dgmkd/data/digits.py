@@ -21,6 +21,18 @@ __all__ = ["load_digits", "digits_split", "dequantize"]
 _SPLITS = ("train", "val", "test", "all")
 
 
+def check_split(split: str, test_fraction: float, val_fraction: float) -> None:
+    """``ValueError`` naming the argument unless the split and its fractions are usable."""
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= val_fraction < 1.0 - test_fraction:
+        raise ValueError(f"val_fraction must be in [0, {1.0 - test_fraction:g}), got {val_fraction}")
+    if split == "val" and val_fraction == 0.0:
+        raise ValueError("split='val' needs val_fraction > 0")
+
+
 def load_digits(binarize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """All 1797 images ``(1797, 1, 8, 8)`` float32 in [0, 1] and their labels ``(1797,)`` int64."""
     from sklearn.datasets import load_digits as _load
@@ -41,14 +53,7 @@ def digits_split(split: str = "train", test_fraction: float = 0.2, seed: int = 0
     fraction of all images is cut from the *training* part (the test split is unchanged): choose
     hyperparameters on ``"val"`` and report on ``"test"``, which no choice has seen.
     """
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if not 0.0 <= val_fraction < 1.0 - test_fraction:
-        raise ValueError(f"val_fraction must be in [0, {1.0 - test_fraction:g}), got {val_fraction}")
-    if split == "val" and val_fraction == 0.0:
-        raise ValueError("split='val' needs val_fraction > 0")
+    check_split(split, test_fraction, val_fraction)
     x, y = load_digits(binarize)
     if split == "all":
         return x, y

@@ -34,7 +34,6 @@ from .errors import DataFormatError
 
 __all__ = ["mnist_file", "read_mnist5k", "load_mnist5k", "mnist_split", "pad_images"]
 
-_SPLITS = ("train", "val", "test", "all")
 _ROWS, _PIXELS, _PER_CLASS = 5000, 28 * 28, 500
 
 
@@ -105,14 +104,9 @@ def mnist_split(split: str = "train", test_fraction: float = 0.2, seed: int = 0,
     ``pad_to``: pad the images with zeros (background), centred, to ``pad_to x pad_to`` (28 -> 32
     for models that halve the side down to 4).
     """
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if not 0.0 <= val_fraction < 1.0 - test_fraction:
-        raise ValueError(f"val_fraction must be in [0, {1.0 - test_fraction:g}), got {val_fraction}")
-    if split == "val" and val_fraction == 0.0:
-        raise ValueError("split='val' needs val_fraction > 0")
+    from .digits import check_split
+
+    check_split(split, test_fraction, val_fraction)
     x, y = load_mnist5k(binarize, path)
     if pad_to is not None:
         x = pad_images(x, pad_to)
