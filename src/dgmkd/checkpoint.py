@@ -22,12 +22,13 @@ import glob
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["save", "load", "CheckpointError", "checksum", "check_writable"]
+__all__ = ["save", "load", "CheckpointError", "checksum", "check_writable", "atomic_path"]
 
 
 class CheckpointError(RuntimeError):
@@ -73,6 +74,37 @@ def check_writable(path: str | os.PathLike) -> None:
         raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}") from None
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike, readable: bool = False, prefix: str = ""):
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one ``os.replace``
+    (a kill at any moment leaves the old file or the new one, never a torn one), on an error it is
+    removed. ``readable``: give the file the permissions a plain ``open`` would (the umask's), not
+    ``mkstemp``'s owner-only 0600 — for results and weights meant to be shared.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.txt"
+    >>> with atomic_path(p) as tmp:
+    ...     _ = pathlib.Path(tmp).write_text("done")
+    >>> p.read_text(), sorted(q.name for q in p.parent.iterdir())
+    ('done', ['x.txt'])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix + path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        if readable:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def save(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     """Write ``obj`` (and its checksum) to ``path`` atomically."""
     path = Path(path)
@@ -84,17 +116,10 @@ def save(path: str | os.PathLike, obj: dict[str, Any]) -> None:
             pass
     obj = {**{k: v for k, v in obj.items() if k != "checksum"}}
     obj["checksum"] = checksum(obj)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

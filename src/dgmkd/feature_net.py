@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from .checkpoint import atomic_path
 import torch.nn.functional as F
 
 from torch import nn
@@ -109,11 +111,11 @@ def embedded_feature_net(dataset: str = "digits", cache: str | os.PathLike | Non
         torch.set_num_threads(threads)
     with torch.no_grad():
         acc = float((net.logits(xte).argmax(1) == yte).float().mean())
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, readable=True) as tmp:  # the cache is shared by every run on the machine
+        torch.save(net.state_dict(), tmp)
     info = {"test_accuracy": acc, "train_images": len(xtr), "test_images": len(xte)}
-    (d / f"{dataset}_cnn_{_VERSION}.json").write_text(json.dumps(info) + "\n")
+    with atomic_path(d / f"{dataset}_cnn_{_VERSION}.json", readable=True) as tmp:
+        Path(tmp).write_text(json.dumps(info) + "\n")
     return net
 
 

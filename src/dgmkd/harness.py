@@ -40,12 +40,13 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+
+from .checkpoint import atomic_path
 
 __all__ = ["SPREAD", "DISTILL_METHODS", "distill_method", "seed", "manual_seed", "generator", "sweep", "summarize", "fmt", "table", "image_grid",
            "write_csv", "write_json", "write_text", "read_csv", "read_json", "load_config", "ReportDataError",
@@ -249,26 +250,10 @@ def image_grid(images: torch.Tensor | dict[str, torch.Tensor], path: str | Path,
 
 
 # ----------------------------------------------------------------------------------------- run files
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path, readable=True) as tmp, open(tmp, "w", newline="") as f:  # results are for everyone to read
+        f.write(text)
+    return Path(path)
 
 
 def save_models(out: str | Path, models: dict[str, torch.nn.Module]) -> list[Path]:

@@ -33,12 +33,13 @@ import importlib
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from .checkpoint import atomic_path
 
 __all__ = ["save", "load", "buildable", "build_record", "LoadError"]
 
@@ -139,19 +140,8 @@ def save(module: nn.Module, path: str | os.PathLike) -> Path:
     rec = build_record(module)
     if rec is not None:
         meta[_KEY] = json.dumps(rec, sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, readable=True, prefix=".") as tmp:  # weights are for everyone to read
         save_file(tensors, tmp, metadata=meta)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; weights are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
