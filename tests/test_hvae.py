@@ -214,6 +214,15 @@ def test_findings_name_the_winner_and_the_spread():
                                 "against local and scratch."]
     stats[0]["fd_t_mean"] = 2.15  # local: 2.1 ± 0.14; unified is not lower, but inside the spread
     assert "not on FD-T (local lower, inside the seed spread)" in _findings(stats)[0]
+    # the default method: counted only where it is below every other method, NLL against the lowest other
+    stats = dgmkd.harness.summarize(rows("unified", 1.0) + rows("local", 2.0) + rows("default", 0.5),
+                                    by=("size", "method"), metrics=[k for k, _ in COLS])
+    line = _findings(stats)[-1]
+    assert line.startswith("- 1/15: the library's default method has the lowest mean on 8 of 8 sample metrics "
+                           "against unified, local;") and "(lowest of the others: unified, 1.100" in line, line
+    d = next(s for s in stats if s["method"] == "default")
+    d["fd_mean"], d["mmd2_t_mean"] = 1.5, 1.1  # between unified and local; equal to unified: not the lowest
+    assert "lowest mean on 6 of 8" in _findings(stats)[-1]
 
 
 def test_experiment_runs_on_svhn_files_at_32x32(tmp_path, monkeypatch):
