@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# the quick form on 28x28 MNIST: batch 32 and one student size keep it to a few minutes on a CPU
 demo: setup
-	$(VENV)/bin/dgmkd run hvae-compress --quick
+	$(VENV)/bin/dgmkd run hvae-compress --quick --set dataset=mnist --set batch=32 --set ratios=15
 
 test: setup
 	$(PY) -m pytest -q
