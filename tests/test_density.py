@@ -269,17 +269,15 @@ def test_evaluative_students_concentrate_and_collapse_instructive_ones_do_not(tm
 
 @pytest.mark.slow
 def test_on_mnist_evaluative_students_collapse_and_noise_injection_helps(tmp_path, one_thread):
-    """docs/density_distill.md, "MNIST (28x28)", at a mid-size budget: the reverse-KL and
-    z-reconstruction students end far from the teacher's samples (collapsed), x-reconstruction with
-    noise injection and oracle prediction close to them; noise injection brings x-reconstruction
-    closer to the teacher (the finding that differs from 8x8)."""
+    """docs/density_distill.md, "MNIST (28x28)": the documented run itself (about 25 min on one
+    core; a smaller teacher does not show the z-reconstruction collapse, see the doc): the reverse-KL
+    and z-reconstruction students end far from the teacher's samples (collapsed), x-reconstruction
+    with noise injection and oracle prediction close to them, and noise injection brings
+    x-reconstruction closer to the teacher (the finding that differs from 8x8)."""
     from dgmkd import config
     from dgmkd.experiments import density_distill
 
-    cfg = config.override(density_distill.Config(), dict(
-        parts=("digits",), img_dataset="mnist", img_losses=("reverse_kl", "z_recon", "x_recon", "x_recon_noise", "oracle"),
-        img_teacher_hidden=(256, 256), img_teacher_steps=2000, img_steps=1000, img_oracle_pool=3000,
-        eval_samples=500, progress=False))
+    cfg = config.override(density_distill.Config(), dict(parts=("digits",), img_dataset="mnist", progress=False))
     res = density_distill.run(cfg, tmp_path)
     d = {r["model"]: r["fd_cnn_to_teacher"] for r in res["digits"]}
     assert min(d["reverse_kl"], d["z_recon"]) > 2 * max(d["x_recon_noise"], d["oracle"]), d
